@@ -1,0 +1,47 @@
+"""The data entry points that bundle configs call.
+
+Configs run inside ``python -m monai.bundle run``, which would bury a bad-input
+error under a page of config-parser traceback. These wrappers turn the project's
+own input errors into one clear line on stderr and exit status 2, before any
+output is written.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Callable, TypeVar
+
+from scripts.imageio_checks import check_readable, list_image_files
+from scripts.manifest import load_split
+
+T = TypeVar("T")
+
+
+def _or_exit(fn: Callable[[], T]) -> T:
+    try:
+        return fn()
+    except (ValueError, FileNotFoundError, NotADirectoryError) as err:
+        print(f"ERROR: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def cases(manifest: str, dataset_dir: str, split: str, fold: int | None = None) -> list[dict]:
+    """Items of one split of a data manifest, with paths under ``dataset_dir``."""
+    return _or_exit(lambda: load_split(manifest, dataset_dir, split, fold))
+
+
+def images_in(folder: str) -> list[dict]:
+    """Every supported image in ``folder`` as ``{"image": path}``, all decoded once up front
+    so that an unreadable file stops the run before any mask is written."""
+
+    def scan() -> list[dict]:
+        paths = list_image_files(folder)
+        check_readable(paths)
+        return [{"image": str(p)} for p in paths]
+
+    return _or_exit(scan)
+
+
+def staging_dir(output_dir: str) -> str:
+    return str(Path(output_dir) / ".partial")

@@ -1,0 +1,342 @@
+"""Build a MONAI datalist (manifest) from a folder of images and same-named masks.
+
+    python -m scripts.manifest DATASET_DIR --out data_manifests/NAME.json [--seed 0]
+        [--val_fraction 0.1] [--test_fraction 0.2] [--folds 0] [--stratify REGEX]
+
+Paths in the manifest are relative to DATASET_DIR, so one manifest serves every
+machine; ``load_split`` joins them onto the dataset folder given at run time.
+Every case is decoded and checked before anything is written, and all problems
+are reported together so that one run finds everything that needs fixing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from operator import itemgetter
+from pathlib import Path
+from types import MappingProxyType
+
+import numpy as np
+
+from scripts.atomic import write_text
+from scripts.imageio_checks import ImageReadError, image_stem, list_image_files, read_image_array
+
+DEFAULT_LABELS: Mapping[str, str] = MappingProxyType({"0": "background", "1": "lung"})
+SPLITS = ("training", "validation", "testing")
+# Anti-aliased 0/255 masks (Montgomery: ~0.1% edge pixels in between) are thresholded at >127.
+MIN_BINARY_FRACTION = 0.97
+
+Stratify = str | Callable[[str], str] | None
+
+
+class ManifestError(ValueError):
+    """The dataset or the split parameters cannot make a manifest; the message lists every problem."""
+
+
+def mask_value_problem(mask: np.ndarray) -> str | None:
+    """Why ``mask`` is not a binary mask, or None when it is one."""
+    if mask.ndim == 3:
+        return f"mask has {mask.shape[2]} channels; expected a single-channel mask"
+    values = np.unique(mask)
+    if np.isin(values, (0, 1)).all() or np.isin(values, (0, 255)).all():
+        return None
+    binary_fraction = float(np.isin(mask, (0, 255)).mean())
+    anti_aliased = (
+        values.min() >= 0 and values.max() == 255 and np.all(values == np.round(values))
+        and binary_fraction >= MIN_BINARY_FRACTION
+    )
+    if anti_aliased:
+        return None
+    found = (
+        f"values {values.tolist()}" if len(values) <= 8
+        else f"{len(values)} distinct values in {values.min()}..{values.max()}"
+    )
+    return (
+        f"mask is not binary: found {found}, {binary_fraction:.1%} of pixels 0 or 255; expected 0/1, "
+        f"0/255, or anti-aliased 0/255 with at least {MIN_BINARY_FRACTION:.0%} of pixels 0 or 255"
+    )
+
+
+def _scan(folder: Path, problems: list[str]) -> dict[str, Path]:
+    """Supported files in ``folder`` by stem; folder problems go to ``problems``."""
+    try:
+        files = list_image_files(folder)
+    except ImageReadError as e:
+        problems.append(str(e))
+        return {}
+    by_stem: dict[str, Path] = {}
+    for path in files:
+        stem = image_stem(path)
+        if stem in by_stem:
+            problems.append(f"{path}: same name as {by_stem[stem].name}; cannot tell which one to use")
+        else:
+            by_stem[stem] = path
+    return by_stem
+
+
+def _read(path: Path, problems: list[str]) -> np.ndarray | None:
+    try:
+        return read_image_array(path)
+    except ImageReadError as e:
+        problems.append(str(e))
+        return None
+
+
+def validate_dataset(
+    dataset_dir: str | os.PathLike, images: str = "images", masks: str = "masks"
+) -> dict[str, tuple[Path, Path]]:
+    """Decode and check every case; return stem -> (image, mask) paths.
+
+    A mask pairs with the image of the same stem ("a.png" with "a.png" or "a.tif").
+    Raises one ManifestError that lists every problem, one per line.
+    """
+    dataset_dir = Path(dataset_dir)
+    image_dir, mask_dir = dataset_dir / images, dataset_dir / masks
+    problems: list[str] = []
+    image_files, mask_files = _scan(image_dir, problems), _scan(mask_dir, problems)
+    # A missing or empty folder is reported once, not once per case of the other folder.
+    pairing = bool(image_files) and bool(mask_files)
+    cases: dict[str, tuple[Path, Path]] = {}
+    for stem in sorted(image_files.keys() | mask_files.keys()):
+        image_path, mask_path = image_files.get(stem), mask_files.get(stem)
+        image = _read(image_path, problems) if image_path else None
+        mask = _read(mask_path, problems) if mask_path else None
+        if pairing and mask_path is None:
+            problems.append(f"{image_path}: no mask of the same name in {mask_dir}")
+        if pairing and image_path is None:
+            problems.append(f"{mask_path}: no image of the same name in {image_dir}")
+        if mask is not None and (problem := mask_value_problem(mask)):
+            problems.append(f"{mask_path}: {problem}")
+        if image is not None and mask is not None and image.shape[:2] != mask.shape[:2]:
+            problems.append(
+                f"{mask_path}: mask size {mask.shape[0]}x{mask.shape[1]} differs from "
+                f"image size {image.shape[0]}x{image.shape[1]} of {image_path}"
+            )
+        if image_path and mask_path:
+            cases[stem] = (image_path, mask_path)
+    if problems:
+        raise ManifestError(f"{len(problems)} problem(s) in dataset {dataset_dir}:\n" + "\n".join(problems))
+    return cases
+
+
+def _group_keys(stems: Sequence[str], stratify: Stratify) -> dict[str, str]:
+    """Stratum of each stem: the callable's result, or the regex match (group 1 if any)."""
+    if callable(stratify):
+        return {s: stratify(s) for s in stems}
+    try:
+        pattern = re.compile(stratify)
+    except re.error as e:
+        raise ManifestError(f"stratify pattern {stratify!r} is not a valid regex: {e}") from e
+    matches = {s: pattern.search(s) for s in stems}
+    unmatched = [s for s, m in matches.items() if m is None]
+    if unmatched:
+        raise ManifestError(
+            f"{len(unmatched)} case name(s) do not match the stratify pattern {stratify!r}:\n" + "\n".join(unmatched)
+        )
+    return {s: m.group(1 if pattern.groups else 0) for s, m in matches.items()}
+
+
+def _seeded_order(stems: Sequence[str], seed: int, stratify: Stratify) -> list[str]:
+    """A seeded shuffle; with ``stratify``, every prefix holds each stratum in proportion."""
+    rng = np.random.default_rng(seed)
+    stems = sorted(stems)
+    if stratify is None:
+        return [stems[i] for i in rng.permutation(len(stems))]
+    groups: dict[str, list[str]] = {}
+    for stem, key in _group_keys(stems, stratify).items():
+        groups.setdefault(key, []).append(stem)
+    # Systematic sampling: spread each shuffled stratum evenly over [0, 1), random start.
+    positioned = []
+    for key in sorted(groups):
+        members = [groups[key][i] for i in rng.permutation(len(groups[key]))]
+        start = rng.random()
+        positioned += [((i + start) / len(members), stem) for i, stem in enumerate(members)]
+    return [stem for _, stem in sorted(positioned)]
+
+
+def _split_size(n: int, fraction: float) -> int:
+    # A split that was asked for never rounds away to nothing.
+    return max(1, round(n * fraction)) if fraction > 0 else 0
+
+
+def _check_params(val_fraction: float, test_fraction: float, folds: int) -> None:
+    problems = []
+    for flag, fraction in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0 <= fraction < 1:
+            problems.append(f"{flag} must be in [0, 1), got {fraction}")
+    if folds == 0 and val_fraction + test_fraction >= 1:
+        problems.append(f"val_fraction + test_fraction must be below 1, got {val_fraction + test_fraction}")
+    if folds == 1 or folds < 0:
+        problems.append(f"folds must be 0 (no cross-validation) or at least 2, got {folds}")
+    if problems:
+        raise ManifestError("\n".join(problems))
+
+
+def build_manifest(
+    dataset_dir: str | os.PathLike,
+    *,
+    images: str = "images",
+    masks: str = "masks",
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    folds: int = 0,
+    name: str | None = None,
+    labels: Mapping[str, str] = DEFAULT_LABELS,
+    stratify: Stratify = None,
+) -> dict:
+    """Check the dataset and return a seeded train/validation/test datalist.
+
+    With ``folds`` = K > 1 the non-test cases all go to "training" with a "fold" key
+    0..K-1 (Auto3DSeg convention), "validation" stays empty and ``val_fraction`` is
+    unused. ``stratify`` (a regex on the file stem, group 1 if it has one, or a
+    callable stem -> stratum) keeps each stratum's share equal across splits.
+    """
+    _check_params(val_fraction, test_fraction, folds)
+    dataset_dir = Path(dataset_dir)
+    cases = validate_dataset(dataset_dir, images, masks)
+    order = _seeded_order(list(cases), seed, stratify)
+    n = len(order)
+    n_test = _split_size(n, test_fraction)
+    n_val = 0 if folds else _split_size(n, val_fraction)
+    if n - n_test - n_val < max(folds, 1):
+        raise ManifestError(
+            f"{n} case(s) in {dataset_dir} are too few for test {n_test}, validation {n_val}"
+            + (f" and {folds} folds" if folds else " and at least one training case")
+        )
+
+    def item(stem: str) -> dict:
+        image, mask = cases[stem]
+        return {"image": image.relative_to(dataset_dir).as_posix(), "label": mask.relative_to(dataset_dir).as_posix()}
+
+    testing = [item(s) for s in order[:n_test]]
+    validation = [item(s) for s in order[n_test : n_test + n_val]]
+    training = [item(s) for s in order[n_test + n_val :]]
+    if folds:
+        for i, entry in enumerate(training):
+            entry["fold"] = i % folds
+    how = f"{folds}-fold cross-validation on the rest" if folds else f"validation fraction {val_fraction}"
+    strata = f", stratified by {getattr(stratify, '__name__', stratify)} on file stems" if stratify else ""
+    by_image = itemgetter("image")  # sorted splits keep manifests diff-friendly
+    return {
+        "name": name or dataset_dir.resolve().name,
+        "description": (
+            f"{n} image/mask pairs from {images}/ and {masks}/, paths relative to the dataset folder; "
+            f"seed {seed}, test fraction {test_fraction}, {how}{strata}"
+        ),
+        "seed": seed,
+        "tensorImageSize": "2D",
+        "labels": dict(labels),
+        "numTraining": len(training),
+        "numValidation": len(validation),
+        "numTest": len(testing),
+        "training": sorted(training, key=by_image),
+        "validation": sorted(validation, key=by_image),
+        "testing": sorted(testing, key=by_image),
+    }
+
+
+def _read_manifest(manifest_path: Path, keys: Sequence[str]) -> dict:
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"manifest {manifest_path} does not exist") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"manifest {manifest_path} cannot be read: {e}") from e
+    if not isinstance(manifest, dict):
+        raise ValueError(f"manifest {manifest_path} is not a datalist: expected a JSON object")
+    for key in keys:
+        entries = manifest.get(key)
+        if not isinstance(entries, list) or not all(
+            isinstance(e, dict) and isinstance(e.get("image"), str) and isinstance(e.get("label"), str)
+            for e in entries
+        ):
+            raise ValueError(f"manifest {manifest_path} is not a datalist: {key!r} must be a list of {{image, label}}")
+    return manifest
+
+
+def _check_files_exist(items: list[dict], split: str, manifest_path: Path, dataset_dir: Path) -> None:
+    paths = [item[k] for item in items for k in ("image", "label")]
+    missing = [p for p in paths if not os.path.exists(p)]
+    if missing:
+        shown = "\n".join(f"  {p}" for p in missing[:5])
+        raise ValueError(
+            f"{len(missing)} of {len(paths)} files of split {split!r} in manifest {manifest_path} "
+            f"are missing under {dataset_dir}, e.g.:\n{shown}\n"
+            "Manifest paths are relative to the dataset folder: is --dataset_dir right?"
+        )
+
+
+def load_split(
+    manifest_path: str | os.PathLike, dataset_dir: str | os.PathLike, split: str, fold: int | None = None
+) -> list[dict]:
+    """Items of ``split`` with paths joined onto ``dataset_dir``, for bundle configs.
+
+    With ``fold`` (k-fold manifests), "training" is every training item outside that
+    fold and "validation" the items inside it; "testing" ignores ``fold``. Raises
+    ValueError for a bad manifest or split, an empty result, or missing files.
+    """
+    from monai.data import load_decathlon_datalist  # takes seconds to import; the CLI does not need it
+
+    manifest_path, dataset_dir = Path(manifest_path), Path(dataset_dir).absolute()
+    if split not in SPLITS:
+        raise ValueError(f"manifest {manifest_path}: unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+    by_fold = fold is not None and split != "testing"
+    key = "training" if by_fold else split
+    manifest = _read_manifest(manifest_path, [key])
+    if not dataset_dir.is_dir():
+        raise ValueError(f"dataset folder {dataset_dir} does not exist: is --dataset_dir right?")
+    items = load_decathlon_datalist(manifest_path, is_segmentation=True, data_list_key=key, base_dir=dataset_dir)
+    if by_fold:
+        manifest_folds = sorted({e["fold"] for e in manifest["training"] if "fold" in e})
+        if not manifest_folds:
+            raise ValueError(f"manifest {manifest_path} has no folds; build it with --folds K or load it with fold=None")
+        if fold not in manifest_folds:
+            raise ValueError(f"manifest {manifest_path} has folds {manifest_folds}, not {fold}")
+        items = [item for item in items if (item.get("fold") == fold) == (split == "validation")]
+    if not items:
+        k_fold = split == "validation" and any("fold" in e for e in manifest.get("training", []))
+        hint = "; it is a k-fold manifest: pass a fold" if k_fold else ""
+        raise ValueError(f"manifest {manifest_path}: split {split!r} is empty{hint}")
+    _check_files_exist(items, split, manifest_path, dataset_dir)
+    return items
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m scripts.manifest", description=__doc__.split("\n\n")[0])
+    parser.add_argument("dataset_dir", type=Path, help="folder holding the images and masks folders")
+    parser.add_argument("--out", type=Path, required=True, help="manifest to write, e.g. data_manifests/NAME.json")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--val_fraction", type=float, default=0.1, help="unused with --folds")
+    parser.add_argument("--test_fraction", type=float, default=0.2)
+    parser.add_argument("--folds", type=int, default=0, help="K > 1: k-fold cross-validation on the non-test cases")
+    parser.add_argument("--images", default="images", help="image folder inside dataset_dir")
+    parser.add_argument("--masks", default="masks", help="mask folder inside dataset_dir")
+    parser.add_argument("--name", help="manifest name (default: the dataset folder's name)")
+    parser.add_argument("--stratify", help=r"regex on file stems giving each case's stratum, e.g. '_(\d)$'")
+    args = parser.parse_args(argv)
+    try:
+        manifest = build_manifest(
+            args.dataset_dir, images=args.images, masks=args.masks, seed=args.seed,
+            val_fraction=args.val_fraction, test_fraction=args.test_fraction, folds=args.folds,
+            name=args.name, stratify=args.stratify,
+        )
+    except ManifestError as e:
+        print(f"error: {e}\nnothing written", file=sys.stderr)
+        return 2
+    write_text(args.out, json.dumps(manifest, indent=2) + "\n")
+    folds = f" in {args.folds} folds" if args.folds else ""
+    print(
+        f"wrote {args.out}: {manifest['numTraining']} training{folds}, "
+        f"{manifest['numValidation']} validation, {manifest['numTest']} testing"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
