@@ -14,6 +14,7 @@ from typing import Callable, TypeVar
 
 from scripts.imageio_checks import check_readable, list_image_files
 from scripts.manifest import load_split
+from scripts.transforms import source_stem
 
 T = TypeVar("T")
 
@@ -37,10 +38,22 @@ def images_in(folder: str) -> list[dict]:
 
     def scan() -> list[dict]:
         paths = list_image_files(folder)
+        _check_unique_stems(paths)
         check_readable(paths)
         return [{"image": str(p)} for p in paths]
 
     return _or_exit(scan)
+
+
+def _check_unique_stems(paths: list[Path]) -> None:
+    """Outputs are named by input stem: two inputs with one stem would overwrite each other."""
+    by_stem: dict[str, list[str]] = {}
+    for path in paths:
+        by_stem.setdefault(source_stem(str(path)), []).append(path.name)
+    clashes = [names for names in by_stem.values() if len(names) > 1]
+    if clashes:
+        listed = "; ".join(", ".join(names) for names in clashes)
+        raise ValueError(f"{paths[0].parent}: inputs share a file stem, so their outputs would collide: {listed}")
 
 
 def staging_dir(output_dir: str) -> str:

@@ -12,6 +12,7 @@ from typing import Hashable, Mapping
 import numpy as np
 import torch
 from monai.config import KeysCollection
+from monai.data import MetaTensor
 from monai.transforms import MapTransform, SaveImage
 from PIL import Image
 
@@ -116,6 +117,7 @@ class SaveMaskd(MapTransform):
             output_dir=output_dir,
             output_postfix=output_postfix,
             output_dtype=np.uint8,
+            channel_dim=0,
             separate_folder=False,
             resample=False,
             print_log=False,
@@ -130,7 +132,11 @@ class SaveMaskd(MapTransform):
         for key in self.key_iterator(d):
             mask = d[key]
             source = _source(mask)
-            self._writers[output_suffix(source)](mask.to(torch.uint8), meta_data=getattr(mask, "meta", None))
+            # SaveImage drops the channel axis for good once it meets a spatial_shape as
+            # long as the array (a DICOM's (W, H, 1)); give it the mask's own shape.
+            meta = {**getattr(mask, "meta", {}), "spatial_shape": tuple(mask.shape[1:])}
+            array = MetaTensor(torch.as_tensor(mask).to(torch.uint8), meta=meta)
+            self._writers[output_suffix(source)](array)
         return d
 
 
