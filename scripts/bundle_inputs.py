@@ -12,9 +12,8 @@ import sys
 from pathlib import Path
 from typing import Callable, TypeVar
 
-from scripts.imageio_checks import check_readable, list_image_files
+from scripts.imageio_checks import check_readable, image_stem, list_image_files
 from scripts.manifest import load_split
-from scripts.transforms import source_stem
 
 T = TypeVar("T")
 
@@ -49,7 +48,7 @@ def _check_unique_stems(paths: list[Path]) -> None:
     """Outputs are named by input stem: two inputs with one stem would overwrite each other."""
     by_stem: dict[str, list[str]] = {}
     for path in paths:
-        by_stem.setdefault(source_stem(str(path)), []).append(path.name)
+        by_stem.setdefault(image_stem(path), []).append(path.name)
     clashes = [names for names in by_stem.values() if len(names) > 1]
     if clashes:
         listed = "; ".join(", ".join(names) for names in clashes)

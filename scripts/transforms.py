@@ -16,6 +16,7 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, SaveImage
 from PIL import Image
 
+from scripts.imageio_checks import image_stem
 from scripts.visualize import RED, label_overlay, overlay, save_png
 
 # PIL modes that already hold one grey value per pixel at full bit depth.
@@ -75,10 +76,10 @@ class BinariseMaskd(MapTransform):
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
         d = dict(data)
         for key in self.key_iterator(d):
-            mask = d[key]
+            mask = torch.as_tensor(d[key])
             peak = float(mask.max()) if mask.numel() else 0.0
             full_scale = 1.0 if peak <= 1 else 255.0 if peak <= 255 else 65535.0
-            d[key] = (mask > full_scale / 2).to(torch.uint8) if isinstance(mask, torch.Tensor) else mask
+            d[key] = (mask > full_scale / 2).to(torch.uint8)
         return d
 
 
@@ -94,14 +95,6 @@ _NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 def output_suffix(source: str) -> str:
     return ".nii.gz" if source.lower().endswith(_NIFTI_SUFFIXES) else ".png"
-
-
-def source_stem(source: str) -> str:
-    name = Path(source).name
-    for suffix in (".nii.gz", *Path(name).suffixes[-1:]):
-        if name.lower().endswith(suffix.lower()):
-            return name[: -len(suffix)]
-    return name
 
 
 class SaveMaskd(MapTransform):
@@ -134,7 +127,11 @@ class SaveMaskd(MapTransform):
             source = _source(mask)
             # SaveImage drops the channel axis for good once it meets a spatial_shape as
             # long as the array (a DICOM's (W, H, 1)); give it the mask's own shape.
-            meta = {**getattr(mask, "meta", {}), "spatial_shape": tuple(mask.shape[1:])}
+            meta = {
+                **getattr(mask, "meta", {}),
+                "spatial_shape": tuple(mask.shape[1:]),
+                "original_channel_dim": "no_channel",  # the NIfTI writer needs it for 2D masks
+            }
             array = MetaTensor(torch.as_tensor(mask).to(torch.uint8), meta=meta)
             self._writers[output_suffix(source)](array)
         return d
@@ -161,7 +158,7 @@ class SaveOverlayd(MapTransform):
             labels = _as_rows_cols(d[key])
             image = _as_rows_cols(d[self.image_key])
             rgb = label_overlay(image, labels) if labels.max() > 1 else overlay(image, [(labels > 0, RED)])
-            stem = source_stem(_source(d[key]))
+            stem = image_stem(_source(d[key]))
             save_png(self.output_dir / f"{stem}_overlay.png", rgb)
         return d
 
