@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ import pytest
 from PIL import Image
 
 from scripts.atomic import write_text
+from scripts.demo import bundle_command
 from scripts.manifest import build_manifest
 from scripts.resume import latest_checkpoint
 from scripts.synthetic_cxr import generate_dataset
@@ -25,22 +25,11 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundle" / "cxr_lungs"
-CONFIGS = BUNDLE / "configs"
 SMALL = {"image_size": 64, "roi_size": [64, 64], "batch_size": 4, "num_workers": 0}
 
 
 def bundle_run(config_files: list[str], **overrides: object) -> subprocess.CompletedProcess:
-    configs = [str(CONFIGS / name) for name in config_files]
-    cmd = [
-        sys.executable, "-m", "monai.bundle", "run",
-        "--bundle_root", str(BUNDLE),
-        "--config_file", configs[0] if len(configs) == 1 else repr(configs),
-        "--meta_file", str(CONFIGS / "metadata.json"),
-        "--logging_file", str(CONFIGS / "logging.conf"),
-    ]  # fmt: skip
-    for key, value in overrides.items():
-        cmd += [f"--{key}", json.dumps(value) if isinstance(value, (list, bool)) else str(value)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    return subprocess.run(bundle_command(config_files, **overrides), capture_output=True, text=True, timeout=600)
 
 
 def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
