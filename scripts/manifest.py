@@ -2,6 +2,12 @@
 
     python -m scripts.manifest DATASET_DIR --out data_manifests/NAME.json [--seed 0]
         [--val_fraction 0.1] [--test_fraction 0.2] [--folds 0] [--stratify REGEX]
+        [--structures right_lung,left_lung,heart,right_clavicle,left_clavicle]
+
+One mask per image (``masks/<name>``) gives a single-label manifest. With
+``--structures``, each structure has its own folder (``masks/<structure>/<name>``)
+and each item's "label" is the list of its structure masks, which MONAI's
+LoadImaged stacks into one channel per structure (multi-label: structures may overlap).
 
 Paths in the manifest are relative to DATASET_DIR, so one manifest serves every
 machine; ``load_split`` joins them onto the dataset folder given at run time.
@@ -32,6 +38,9 @@ SPLITS = ("training", "validation", "testing")
 MIN_BINARY_FRACTION = 0.97
 
 Stratify = str | Callable[[str], str] | None
+# The "label_format" of a manifest built with structures: channel i is structure i, and
+# channels may overlap (clavicles lie over the lungs), so they are not one label map.
+MULTI_LABEL = "multi-label channels"
 
 
 class ManifestError(ValueError):
@@ -88,13 +97,20 @@ def _read(path: Path, problems: list[str]) -> np.ndarray | None:
 
 
 def validate_dataset(
-    dataset_dir: str | os.PathLike, images: str = "images", masks: str = "masks"
-) -> dict[str, tuple[Path, Path]]:
+    dataset_dir: str | os.PathLike,
+    images: str = "images",
+    masks: str = "masks",
+    structures: Sequence[str] | None = None,
+) -> dict[str, tuple[Path, Path]] | dict[str, tuple[Path, tuple[Path, ...]]]:
     """Decode and check every case; return stem -> (image, mask) paths.
 
     A mask pairs with the image of the same stem ("a.png" with "a.png" or "a.tif").
-    Raises one ManifestError that lists every problem, one per line.
+    With ``structures`` the masks are ``masks/<structure>/<stem>.*`` and each case maps
+    to (image, masks in ``structures`` order). Raises one ManifestError that lists
+    every problem, one per line.
     """
+    if structures is not None:
+        return _validate_structures(Path(dataset_dir), images, masks, structures)
     dataset_dir = Path(dataset_dir)
     image_dir, mask_dir = dataset_dir / images, dataset_dir / masks
     problems: list[str] = []
@@ -119,6 +135,81 @@ def validate_dataset(
             )
         if image_path and mask_path:
             cases[stem] = (image_path, mask_path)
+    if problems:
+        raise ManifestError(f"{len(problems)} problem(s) in dataset {dataset_dir}:\n" + "\n".join(problems))
+    return cases
+
+
+def _size(array: np.ndarray) -> str:
+    return f"{array.shape[0]}x{array.shape[1]}"
+
+
+def _structure_size_problems(
+    image_path: Path | None, image: np.ndarray | None, masks: dict[Path, np.ndarray]
+) -> list[str]:
+    """One line per mask of a case whose size differs from its image or from the case's other masks.
+
+    The image is the reference when it could be read, else the case's first mask;
+    when the masks disagree among themselves the line also names another mask, so
+    that both files and sizes are in it.
+    """
+    shapes = {path: mask.shape[:2] for path, mask in masks.items()}
+    if not shapes:
+        return []
+    reference = image.shape[:2] if image is not None else next(iter(shapes.values()))
+    masks_disagree = len(set(shapes.values())) > 1
+    problems = []
+    for path, shape in shapes.items():
+        if shape == reference:
+            continue
+        against = [f"image size {_size(image)} of {image_path}"] if image is not None else []
+        if masks_disagree:
+            others = [q for q in shapes if q != path and shapes[q] != shape]
+            other = next((q for q in others if shapes[q] == reference), others[0])
+            against.append(f"mask size {_size(masks[other])} of {other} (same case)")
+        problems.append(f"{path}: mask size {_size(masks[path])} differs from " + " and ".join(against))
+    return problems
+
+
+def _validate_structures(
+    dataset_dir: Path, images: str, masks: str, structures: Sequence[str]
+) -> dict[str, tuple[Path, tuple[Path, ...]]]:
+    """``validate_dataset`` for one mask folder per structure: ``masks/<structure>/``."""
+    image_dir, mask_root = dataset_dir / images, dataset_dir / masks
+    problems: list[str] = []
+    image_files = _scan(image_dir, problems)
+    # A missing masks folder is one problem, not one per structure folder inside it.
+    if not mask_root.is_dir():
+        problems.append(f"{mask_root}: {'not a folder' if mask_root.exists() else 'folder does not exist'}")
+        structure_files: dict[str, dict[str, Path]] = {s: {} for s in structures}
+    else:
+        structure_files = {s: _scan(mask_root / s, problems) for s in structures}
+    # Missing or empty folders were reported once above; no per-case lines for them.
+    usable = [s for s in structures if structure_files[s]]
+    stems = set(image_files).union(*(structure_files[s] for s in usable))
+    cases: dict[str, tuple[Path, tuple[Path, ...]]] = {}
+    for stem in sorted(stems):
+        image_path = image_files.get(stem)
+        image = _read(image_path, problems) if image_path else None
+        masks_read: dict[Path, np.ndarray] = {}
+        for structure in usable:
+            mask_path = structure_files[structure].get(stem)
+            if mask_path is None:
+                if image_path is not None:  # else an orphan of other structures, reported as such
+                    problems.append(f"{image_path}: no {structure} mask of the same name in {mask_root / structure}")
+                continue
+            if image_path is None and image_files:  # an empty image folder was reported once
+                problems.append(f"{mask_path}: no image of the same name in {image_dir}")
+            mask = _read(mask_path, problems)
+            if mask is None:
+                continue
+            if problem := mask_value_problem(mask):
+                problems.append(f"{mask_path}: {problem}")
+            masks_read[mask_path] = mask
+        problems += _structure_size_problems(image_path, image, masks_read)
+        paths = tuple(structure_files[s].get(stem) for s in structures)
+        if image_path and all(paths):
+            cases[stem] = (image_path, paths)
     if problems:
         raise ManifestError(f"{len(problems)} problem(s) in dataset {dataset_dir}:\n" + "\n".join(problems))
     return cases
@@ -177,6 +268,25 @@ def _check_params(val_fraction: float, test_fraction: float, folds: int) -> None
         raise ManifestError("\n".join(problems))
 
 
+def _check_structures(structures: Sequence[str], labels: Mapping[str, str] | None) -> None:
+    problems = []
+    if isinstance(structures, str):  # a bare string would be taken letter by letter
+        problems.append(f"structures must be a list of names, got the string {structures!r}")
+    elif not structures:
+        problems.append("structures is empty: name at least one mask folder")
+    else:
+        for name in structures:
+            if not isinstance(name, str) or not name or name != Path(name).name or name in (".", ".."):
+                problems.append(f"structure {name!r} is not a folder name inside the masks folder")
+        duplicates = sorted({n for n in structures if list(structures).count(n) > 1})
+        if duplicates:
+            problems.append(f"structures named more than once: {', '.join(map(str, duplicates))}")
+    if labels is not None:
+        problems.append("labels cannot be given with structures: the channel names are the structures")
+    if problems:
+        raise ManifestError("\n".join(problems))
+
+
 def build_manifest(
     dataset_dir: str | os.PathLike,
     *,
@@ -187,8 +297,9 @@ def build_manifest(
     test_fraction: float = 0.2,
     folds: int = 0,
     name: str | None = None,
-    labels: Mapping[str, str] = DEFAULT_LABELS,
+    labels: Mapping[str, str] | None = None,
     stratify: Stratify = None,
+    structures: Sequence[str] | None = None,
 ) -> dict:
     """Check the dataset and return a seeded train/validation/test datalist.
 
@@ -196,10 +307,19 @@ def build_manifest(
     0..K-1 (Auto3DSeg convention), "validation" stays empty and ``val_fraction`` is
     unused. ``stratify`` (a regex on the file stem, group 1 if it has one, or a
     callable stem -> stratum) keeps each stratum's share equal across splits.
+
+    ``labels`` (default {"0": "background", "1": "lung"}) names the values of a
+    single-label mask. With ``structures``, masks are ``masks/<structure>/<stem>.*``,
+    each item's "label" is the list of its structure masks in ``structures`` order
+    (one channel each once loaded), and the manifest records "structures",
+    "label_format": "multi-label channels" and "labels" {"0": structures[0], ...}
+    naming channels rather than values; ``labels`` must then be left out.
     """
     _check_params(val_fraction, test_fraction, folds)
+    if structures is not None:
+        _check_structures(structures, labels)
     dataset_dir = Path(dataset_dir)
-    cases = validate_dataset(dataset_dir, images, masks)
+    cases = validate_dataset(dataset_dir, images, masks, structures)
     order = _seeded_order(list(cases), seed, stratify)
     n = len(order)
     n_test = _split_size(n, test_fraction)
@@ -210,9 +330,13 @@ def build_manifest(
             + (f" and {folds} folds" if folds else " and at least one training case")
         )
 
+    def relative(path: Path) -> str:
+        return path.relative_to(dataset_dir).as_posix()
+
     def item(stem: str) -> dict:
         image, mask = cases[stem]
-        return {"image": image.relative_to(dataset_dir).as_posix(), "label": mask.relative_to(dataset_dir).as_posix()}
+        label = [relative(m) for m in mask] if isinstance(mask, tuple) else relative(mask)
+        return {"image": relative(image), "label": label}
 
     testing = [item(s) for s in order[:n_test]]
     validation = [item(s) for s in order[n_test : n_test + n_val]]
@@ -223,15 +347,28 @@ def build_manifest(
     how = f"{folds}-fold cross-validation on the rest" if folds else f"validation fraction {val_fraction}"
     strata = f", stratified by {getattr(stratify, '__name__', stratify)} on file stems" if stratify else ""
     by_image = itemgetter("image")  # sorted splits keep manifests diff-friendly
+    if structures is None:
+        what = f"{n} image/mask pairs from {images}/ and {masks}/"
+        label_info: dict = {"labels": dict(DEFAULT_LABELS if labels is None else labels)}
+    else:
+        what = (
+            f"{n} images from {images}/, each with one mask per structure in {masks}/<structure>/ "
+            f"({', '.join(structures)}) stacked as {MULTI_LABEL}"
+        )
+        label_info = {
+            "label_format": MULTI_LABEL,
+            "structures": list(structures),
+            "labels": {str(i): s for i, s in enumerate(structures)},
+        }
     return {
         "name": name or dataset_dir.resolve().name,
         "description": (
-            f"{n} image/mask pairs from {images}/ and {masks}/, paths relative to the dataset folder; "
+            f"{what}, paths relative to the dataset folder; "
             f"seed {seed}, test fraction {test_fraction}, {how}{strata}"
         ),
         "seed": seed,
         "tensorImageSize": "2D",
-        "labels": dict(labels),
+        **label_info,
         "numTraining": len(training),
         "numValidation": len(validation),
         "numTest": len(testing),
@@ -253,15 +390,27 @@ def _read_manifest(manifest_path: Path, keys: Sequence[str]) -> dict:
     for key in keys:
         entries = manifest.get(key)
         if not isinstance(entries, list) or not all(
-            isinstance(e, dict) and isinstance(e.get("image"), str) and isinstance(e.get("label"), str)
-            for e in entries
+            isinstance(e, dict) and isinstance(e.get("image"), str) and _is_label(e.get("label")) for e in entries
         ):
-            raise ValueError(f"manifest {manifest_path} is not a datalist: {key!r} must be a list of {{image, label}}")
+            raise ValueError(
+                f"manifest {manifest_path} is not a datalist: {key!r} must be a list of {{image, label}} "
+                "with label a path or a non-empty list of paths"
+            )
     return manifest
 
 
+def _is_label(label: object) -> bool:
+    """A mask path, or a list of structure mask paths (multi-label manifests)."""
+    if isinstance(label, list):
+        return bool(label) and all(isinstance(p, str) for p in label)
+    return isinstance(label, str)
+
+
 def _check_files_exist(items: list[dict], split: str, manifest_path: Path, dataset_dir: Path) -> None:
-    paths = [item[k] for item in items for k in ("image", "label")]
+    paths = [
+        p for item in items for k in ("image", "label")
+        for p in (item[k] if isinstance(item[k], list) else [item[k]])
+    ]
     missing = [p for p in paths if not os.path.exists(p)]
     if missing:
         shown = "\n".join(f"  {p}" for p in missing[:5])
@@ -319,12 +468,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--masks", default="masks", help="mask folder inside dataset_dir")
     parser.add_argument("--name", help="manifest name (default: the dataset folder's name)")
     parser.add_argument("--stratify", help=r"regex on file stems giving each case's stratum, e.g. '_(\d)$'")
+    parser.add_argument(
+        "--structures",
+        help="comma-separated structure names, one mask folder each in the masks folder "
+        "(multi-label), e.g. right_lung,left_lung,heart,right_clavicle,left_clavicle",
+    )
     args = parser.parse_args(argv)
+    structures = None if args.structures is None else [s.strip() for s in args.structures.split(",")]
     try:
         manifest = build_manifest(
             args.dataset_dir, images=args.images, masks=args.masks, seed=args.seed,
             val_fraction=args.val_fraction, test_fraction=args.test_fraction, folds=args.folds,
-            name=args.name, stratify=args.stratify,
+            name=args.name, stratify=args.stratify, structures=structures,
         )
     except ManifestError as e:
         print(f"error: {e}\nnothing written", file=sys.stderr)

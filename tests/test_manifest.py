@@ -11,10 +11,12 @@ import pytest
 from PIL import Image
 
 from scripts.imageio_checks import ImageReadError, check_readable, list_image_files
-from scripts.manifest import ManifestError, build_manifest, load_split, main, mask_value_problem
+from scripts.manifest import SPLITS, ManifestError, build_manifest, load_split, main, mask_value_problem
 
 SIZE = 32
-MANIFEST = Path(__file__).resolve().parents[1] / "data_manifests" / "montgomery.json"
+MANIFESTS = Path(__file__).resolve().parents[1] / "data_manifests"
+MANIFEST = MANIFESTS / "montgomery.json"
+STRUCTURES = ["right_lung", "left_lung", "heart", "right_clavicle", "left_clavicle"]
 
 
 def _save(path: Path, array: np.ndarray) -> None:
@@ -209,3 +211,165 @@ def test_committed_montgomery_manifest_matches_fresh_build(data_dir: Path) -> No
     )
     assert json.loads(MANIFEST.read_text()) == fresh
     assert (fresh["numTraining"], fresh["numValidation"], fresh["numTest"]) == (77, 11, 22)
+
+
+# ---------------------------------------------------------------------------------------
+# Multi-structure layout: masks/<structure>/<name>, one label channel per structure
+# ---------------------------------------------------------------------------------------
+
+
+def make_structure_dataset(root: Path, n: int = 10) -> Path:
+    """``n`` random images, each with one box mask per structure; JSRT-like names."""
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        name = f"JPC{'LN' if i % 3 else 'NN'}{i:03d}.png"
+        _save(root / "images" / name, rng.integers(0, 256, (SIZE, SIZE), dtype=np.uint8))
+        for j, structure in enumerate(STRUCTURES):
+            _save(root / "masks" / structure / name, _mask(i + j))
+    return root
+
+
+def _structure_error(dataset: Path) -> list[str]:
+    with pytest.raises(ManifestError) as error:
+        build_manifest(dataset, structures=STRUCTURES)
+    lines = str(error.value).splitlines()
+    assert lines[0].startswith(f"{len(lines) - 1} problem(s) in dataset {dataset}")
+    return lines[1:]
+
+
+def test_structure_manifest_lists_channel_masks_in_order(tmp_path: Path) -> None:
+    manifest = build_manifest(make_structure_dataset(tmp_path), structures=STRUCTURES, stratify="^(JPC[LN]N)")
+    assert (manifest["numTraining"], manifest["numValidation"], manifest["numTest"]) == (7, 1, 2)
+    assert manifest["label_format"] == "multi-label channels" and manifest["structures"] == STRUCTURES
+    assert manifest["labels"] == {str(i): s for i, s in enumerate(STRUCTURES)}
+    for item in manifest["training"] + manifest["validation"] + manifest["testing"]:
+        name = item["image"].removeprefix("images/")
+        assert item["label"] == [f"masks/{s}/{name}" for s in STRUCTURES]
+    # The order of the structures is the order of the channels.
+    reordered = build_manifest(tmp_path, structures=STRUCTURES[::-1], stratify="^(JPC[LN]N)")
+    assert reordered["labels"]["0"] == "left_clavicle"
+    assert reordered["training"][0]["label"] == manifest["training"][0]["label"][::-1]
+    # The split itself is the one a single-mask dataset of the same names would get.
+    assert [i["image"] for i in reordered["testing"]] == [i["image"] for i in manifest["testing"]]
+
+
+def test_structures_cli_and_load_split_with_label_lists(tmp_path: Path) -> None:
+    dataset = make_structure_dataset(tmp_path / "data")
+    out = tmp_path / "multi.json"
+    spaced = " right_lung, left_lung,heart,right_clavicle,left_clavicle"  # spaces after commas are forgiven
+    assert main([str(dataset), "--out", str(out), "--structures", spaced]) == 0
+    assert json.loads(out.read_text())["structures"] == STRUCTURES
+    train = load_split(out, dataset, "training")
+    assert all(len(item["label"]) == 5 and all(Path(p).is_absolute() and Path(p).is_file() for p in item["label"])
+               for item in train)
+    (Path(train[0]["label"][2])).unlink()  # one structure mask of one case
+    with pytest.raises(ValueError, match=r"(?s)1 of 42 files .* missing .*heart"):
+        load_split(out, dataset, "training")
+    manifest = json.loads(out.read_text())
+    manifest["training"][0]["label"] = []
+    (tmp_path / "empty_label.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="non-empty list of paths"):
+        load_split(tmp_path / "empty_label.json", dataset, "training")
+
+
+def test_structure_problems_are_all_reported_once_naming_files(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    dataset = make_structure_dataset(tmp_path / "data", n=8)
+    masks, images = dataset / "masks", dataset / "images"
+    (masks / "heart" / "JPCNN000.png").unlink()  # one structure missing for one case
+    _save(masks / "left_clavicle" / "JPCLN099.png", _mask())  # orphan mask
+    _save(masks / "heart" / "JPCLN001.png", np.zeros((SIZE, SIZE + 1), np.uint8))  # masks of one case disagree
+    (images / "JPCLN002.png").write_bytes(b"not a png")  # unreadable image ...
+    _save(masks / "left_lung" / "JPCLN002.png", np.zeros((SIZE, SIZE - 2), np.uint8))  # ... and disagreeing masks
+    for structure in STRUCTURES:  # every mask of a case differs from its image
+        _save(masks / structure / "JPCNN003.png", np.zeros((SIZE + 8, SIZE + 8), np.uint8))
+    _save(masks / "right_lung" / "JPCLN004.png", np.tile(np.arange(0, 256, 8, dtype=np.uint8), (SIZE, 1)))
+    (masks / "left_clavicle" / "JPCLN005.png").write_bytes(b"\x89PNG truncated")  # unreadable mask
+
+    lines = _structure_error(dataset)
+    expected = [
+        images / "JPCNN000.png", masks / "left_clavicle" / "JPCLN099.png", masks / "heart" / "JPCLN001.png",
+        images / "JPCLN002.png", masks / "left_lung" / "JPCLN002.png",
+        *(masks / s / "JPCNN003.png" for s in STRUCTURES),
+        masks / "right_lung" / "JPCLN004.png", masks / "left_clavicle" / "JPCLN005.png",
+    ]
+    assert sorted(line.split(": ")[0] for line in lines) == sorted(map(str, expected))
+    by_file = {line.split(": ")[0]: line for line in lines}
+    assert f"no heart mask of the same name in {masks / 'heart'}" in by_file[str(images / "JPCNN000.png")]
+    assert f"no image of the same name in {images}" in by_file[str(masks / "left_clavicle" / "JPCLN099.png")]
+    # Masks of one case with different sizes: both files and both sizes in one line.
+    disagree = by_file[str(masks / "heart" / "JPCLN001.png")]
+    assert f"mask size {SIZE}x{SIZE + 1} differs from image size {SIZE}x{SIZE}" in disagree
+    assert f"mask size {SIZE}x{SIZE} of {masks / 'right_lung' / 'JPCLN001.png'} (same case)" in disagree
+    no_image = by_file[str(masks / "left_lung" / "JPCLN002.png")]
+    other = masks / "right_lung" / "JPCLN002.png"
+    assert f"mask size {SIZE}x{SIZE - 2} differs from mask size {SIZE}x{SIZE} of {other}" in no_image
+    assert "cannot read image" in by_file[str(images / "JPCLN002.png")]
+    too_big = f"{SIZE + 8}x{SIZE + 8} differs from image size {SIZE}x{SIZE} of {images / 'JPCNN003.png'}"
+    assert all(too_big in by_file[str(masks / s / "JPCNN003.png")] for s in STRUCTURES)
+    assert "mask is not binary" in by_file[str(masks / "right_lung" / "JPCLN004.png")]
+    assert "cannot read image" in by_file[str(masks / "left_clavicle" / "JPCLN005.png")]
+
+    out = tmp_path / "out.json"
+    assert main([str(dataset), "--out", str(out), "--structures", ",".join(STRUCTURES)]) == 2
+    stderr = capsys.readouterr().err
+    assert all(str(path) in stderr for path in expected) and "Traceback" not in stderr and not out.exists()
+
+
+def test_missing_or_empty_structure_folder_is_reported_once(tmp_path: Path) -> None:
+    dataset = make_structure_dataset(tmp_path / "data", n=4)
+    for path in (dataset / "masks" / "heart").iterdir():
+        path.unlink()
+    (dataset / "masks" / "heart").rmdir()
+    (dataset / "masks" / "left_lung" / "JPCLN001.png").unlink()
+    for path in (dataset / "masks" / "right_clavicle").iterdir():
+        path.rename(path.with_suffix(".txt"))  # a folder with no images in it
+    assert _structure_error(dataset) == [
+        f"{dataset / 'masks' / 'heart'}: folder does not exist",
+        f"{dataset / 'masks' / 'right_clavicle'}: no supported images (.png .jpg .jpeg .tif .tiff .dcm .nii .nii.gz); "
+        "found 4 other file(s), e.g. JPCLN001.txt",
+        f"{dataset / 'images' / 'JPCLN001.png'}: no left_lung mask of the same name in "
+        f"{dataset / 'masks' / 'left_lung'}",
+    ]
+
+
+def test_missing_masks_or_images_folder_is_reported_once(tmp_path: Path) -> None:
+    dataset = make_structure_dataset(tmp_path / "no_masks", n=3)
+    for path in sorted((dataset / "masks").rglob("*"), reverse=True):
+        path.unlink() if path.is_file() else path.rmdir()
+    (dataset / "masks").rmdir()
+    assert _structure_error(dataset) == [f"{dataset / 'masks'}: folder does not exist"]
+    dataset = make_structure_dataset(tmp_path / "no_images", n=3)
+    for path in (dataset / "images").iterdir():
+        path.unlink()
+    assert _structure_error(dataset) == [
+        f"{dataset / 'images'}: no supported images (.png .jpg .jpeg .tif .tiff .dcm .nii .nii.gz)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("structures", "labels", "expected"),
+    [
+        ([], None, "structures is empty"),
+        ("heart", None, "list of names"),
+        (["heart", "heart"], None, "named more than once: heart"),
+        (["heart", "../lungs", ""], None, "'../lungs' is not a folder name"),
+        (["heart"], {"0": "background", "1": "heart"}, "labels cannot be given with structures"),
+    ],
+)
+def test_bad_structures_argument(tmp_path: Path, structures: list[str], labels: dict | None, expected: str) -> None:
+    make_structure_dataset(tmp_path, n=4)
+    with pytest.raises(ManifestError, match=expected.replace(".", r"\.")):
+        build_manifest(tmp_path, structures=structures, labels=labels)
+
+
+@pytest.mark.real_data
+def test_committed_jsrt_manifest_matches_fresh_build(data_dir: Path) -> None:
+    # The arguments of the command that wrote the committed file (see its description).
+    fresh = build_manifest(
+        data_dir / "jsrt_scr", name="jsrt_scr", seed=0, val_fraction=0.1, test_fraction=0.2,
+        stratify="^(JPC[LN]N)", structures=STRUCTURES,
+    )
+    assert json.loads((MANIFESTS / "jsrt_scr.json").read_text()) == fresh
+    assert (fresh["numTraining"], fresh["numValidation"], fresh["numTest"]) == (135, 19, 38)
+    nodules = {split: sum("JPCLN" in item["image"] for item in fresh[split]) for split in SPLITS}
+    assert nodules == {"training": 83, "validation": 12, "testing": 23}  # 118 of 192 have a nodule
