@@ -181,3 +181,26 @@ def _spacing(pixel_spacing_mm: tuple[float, float]) -> tuple[float, float]:
     if not (math.isfinite(row_mm) and math.isfinite(col_mm) and row_mm > 0 and col_mm > 0):
         raise ValueError(f"pixel_spacing_mm must be two positive numbers (row, column), got {pixel_spacing_mm!r}")
     return row_mm, col_mm
+
+
+def channels_to_label_map(channels: torch.Tensor) -> torch.Tensor:
+    """(5, spatial...) binary structure channels -> label map, as report handlers want."""
+    return merge_to_label_map((channels > 0.5).to(torch.uint8)).long()
+
+
+def ratio_error(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """Per-case cardiothoracic ratio of prediction and truth, and their absolute difference.
+
+    Takes (5, W, H) structure channels in MONAI's PIL layout (axis 1 = image
+    columns), in ``STRUCTURES`` order, or six channels with background first (the
+    one-hot label maps of ``label_map.yaml``); used as ``case_measures`` of the report.
+    """
+    if len(pred) == len(STRUCTURES) + 1:
+        pred, truth = pred[1:], truth[1:]
+
+    def ratio(channels: np.ndarray) -> float:
+        by_name = {name: channels[i].T > 0.5 for i, name in enumerate(STRUCTURES)}  # -> (rows, cols)
+        return cardiothoracic_ratio(by_name["heart"], by_name["right_lung"], by_name["left_lung"])
+
+    predicted, reference = ratio(pred), ratio(truth)
+    return {"ctr_pred": predicted, "ctr_truth": reference, "ctr_abs_error": abs(predicted - reference)}

@@ -29,15 +29,16 @@ REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundle" / "cxr_lungs"
 
 
-def bundle_command(config_files: list[str], **overrides: object) -> list[str]:
-    configs = [str(BUNDLE / "configs" / name) for name in config_files]
+def bundle_command(config_files: list[str], bundle: Path = BUNDLE, **overrides: object) -> list[str]:
+    """The ``python -m monai.bundle run`` command line for configs of ``bundle``, with overrides."""
+    configs = [str(bundle / "configs" / name) for name in config_files]
     config_arg = configs[0] if len(configs) == 1 else repr(configs)
     cmd = [
         sys.executable, "-m", "monai.bundle", "run",
-        "--bundle_root", str(BUNDLE),
+        "--bundle_root", str(bundle),
         "--config_file", config_arg,
-        "--meta_file", str(BUNDLE / "configs" / "metadata.json"),
-        "--logging_file", str(BUNDLE / "configs" / "logging.conf"),
+        "--meta_file", str(bundle / "configs" / "metadata.json"),
+        "--logging_file", str(bundle / "configs" / "logging.conf"),
     ]  # fmt: skip
     for key, value in overrides.items():
         cmd += [f"--{key}", json.dumps(value) if isinstance(value, (list, bool)) else str(value)]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import shutil
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import ignite.distributed as idist
 import numpy as np
@@ -31,7 +31,7 @@ from monai.metrics import (
 )
 
 from scripts.metrics_report import class_scores_from_confusion, confusion_matrix, write_report
-from scripts.visualize import BLUE, RED, overlay, plot_training_curves, save_collage
+from scripts.visualize import BLUE, RED, label_overlay, overlay, plot_training_curves, save_collage
 
 logger = logging.getLogger(__name__)
 
@@ -55,15 +55,24 @@ def _picture_plane(x: torch.Tensor) -> np.ndarray:
     return arr.numpy().transpose(0, 2, 1)
 
 
-def _to_labels(onehot: torch.Tensor) -> torch.Tensor:
+def argmax_labels(onehot: torch.Tensor) -> torch.Tensor:
+    """One-hot (C, spatial...) -> label map; the default for mutually exclusive classes."""
     return onehot.argmax(dim=0) if onehot.shape[0] > 1 else (onehot[0] > 0.5).long()
+
+
+LabelMapFn = Callable[[torch.Tensor], torch.Tensor]
 
 
 class SegmentationReport:
     """Score every evaluated case with MONAI metrics and write the report files.
 
     Expects decollated engine outputs whose ``pred`` and ``label`` are one-hot
-    (C, spatial...) tensors, the form MONAI metrics take. Writes under
+    (C, spatial...) tensors, the form MONAI metrics take. With ``multi_label``
+    the channels are overlapping structures (sigmoid outputs): every channel is
+    scored whole, and ``to_label_map`` (e.g. a priority merge) turns them into
+    the label map that pictures and the pixel confusion matrix use.
+    ``case_measures(pred, truth)`` may add per-case figures computed from the
+    (C, spatial...) numpy masks, such as a cardiothoracic-ratio error. Writes under
     ``output_dir``: ``metrics.json`` (means per class, mean Dice, pooled pixel
     confusion matrix), ``metrics_per_case.csv`` and ``collage.png``; and, when
     ``log_dir`` holds TensorBoard logs of the training run, ``training_curves.png``.
@@ -74,6 +83,9 @@ class SegmentationReport:
         output_dir: str,
         class_names: Sequence[str],
         include_background: bool = False,
+        multi_label: bool = False,
+        to_label_map: LabelMapFn = argmax_labels,
+        case_measures: Callable[[np.ndarray, np.ndarray], dict] | None = None,
         image_key: str = "image",
         pred_key: str = "pred",
         label_key: str = "label",
@@ -83,7 +95,12 @@ class SegmentationReport:
     ) -> None:
         self.output_dir = Path(output_dir)
         self.class_names = list(class_names)
-        self.include_background = include_background
+        self.multi_label = multi_label
+        # Multi-label channels are structures, none of them background.
+        self.include_background = include_background or multi_label
+        self.to_label_map = to_label_map
+        self.case_measures = case_measures
+        self.map_names = ["background", *self.class_names] if multi_label else self.class_names
         self.keys = (image_key, pred_key, label_key)
         self.collage_rows = collage_rows
         self.log_dir = log_dir
@@ -96,7 +113,8 @@ class SegmentationReport:
         self.iou = MeanIoU(ignore_empty=False, **kw)
         self.hd95 = HausdorffDistanceMetric(percentile=95, **kw)
         self.confusion = ConfusionMatrixMetric(metric_name="accuracy", compute_sample=True, **kw)
-        self.pixels = np.zeros((len(self.class_names),) * 2, dtype=np.int64)
+        self.pixels = np.zeros((len(self.map_names),) * 2, dtype=np.int64)
+        self.extra: list[dict] = []
         self.names: list[str] = []
         self.pictures: list[dict] = []
 
@@ -112,8 +130,10 @@ class SegmentationReport:
             label = item[label_key].detach().float()[None]
             for metric in (self.dice, self.iou, self.hd95, self.confusion):
                 metric(y_pred=pred, y=label)
-            pred_labels, true_labels = _to_labels(pred[0]), _to_labels(label[0])
-            self.pixels += confusion_matrix(pred_labels, true_labels, len(self.class_names))
+            pred_labels, true_labels = self.to_label_map(pred[0]), self.to_label_map(label[0])
+            self.pixels += confusion_matrix(pred_labels, true_labels, len(self.map_names))
+            if self.case_measures is not None:
+                self.extra.append(self.case_measures(pred[0].cpu().numpy(), label[0].cpu().numpy()))
             self.names.append(_case_name(item, image_key))
             image = item[image_key].detach().float()
             if image.shape[1:] != pred.shape[2:]:  # network-sized input beside full-size masks
@@ -150,6 +170,7 @@ class SegmentationReport:
                 for c, cls in enumerate(classes):
                     row[f"{metric}_{cls}"] = float(values[i, c])
             row["mean_dice"] = float(torch.nanmean(scores["dice"][i]))
+            row.update(self.extra[i] if self.extra else {})
             per_case.append(row)
             self.pictures[i]["score"] = row["mean_dice"]
 
@@ -164,14 +185,16 @@ class SegmentationReport:
                 cls: {metric: nanmean(values[:, c]) for metric, values in scores.items()} for c, cls in enumerate(classes)
             },
             "std_dice": {cls: float(scores["dice"][:, c].std()) for c, cls in enumerate(classes)},
+            **({"case_measures": {k: nanmean(torch.tensor([e[k] for e in self.extra], dtype=torch.float64))
+                                  for k in self.extra[0]}} if self.extra else {}),
             "pixel_confusion_matrix": {
-                "labels": self.class_names,
+                "labels": self.map_names,
                 "rows": "truth",
                 "columns": "prediction",
                 "counts": self.pixels.tolist(),
             },
             "pooled_pixel_scores": {
-                self.class_names[c]: s for c, s in class_scores_from_confusion(self.pixels).items()
+                self.map_names[c]: s for c, s in class_scores_from_confusion(self.pixels).items()
             },
             "units": {"hd95": "pixels (voxels) of the evaluated image"},
             "engine_metrics": {k: v for k, v in engine.state.metrics.items() if isinstance(v, (int, float))},
@@ -189,17 +212,23 @@ class SegmentationReport:
 
 
 class TensorBoardOverlay:
-    """Log one validation case per epoch as [input | truth (blue) | prediction (red)]."""
+    """Log one validation case per epoch as [input | truth | prediction].
+
+    One class: truth in blue, prediction in red. Several classes: each class in
+    its own colour (``to_label_map`` as in ``SegmentationReport``).
+    """
 
     def __init__(
         self,
         summary_writer: Any,
+        to_label_map: LabelMapFn = argmax_labels,
         tag: str = "validation/overlay",
         image_key: str = "image",
         pred_key: str = "pred",
         label_key: str = "label",
     ) -> None:
         self.writer = summary_writer
+        self.to_label_map = to_label_map
         self.tag = tag
         self.keys = (image_key, pred_key, label_key)
 
@@ -211,13 +240,15 @@ class TensorBoardOverlay:
         image_key, pred_key, label_key = self.keys
         item = engine.state.output[0]
         image = _picture_plane(item[image_key])[0]
-        pred = _picture_plane(_to_labels(item[pred_key])[None])[0] > 0
-        truth = _picture_plane(_to_labels(item[label_key])[None])[0] > 0
+        pred = _picture_plane(self.to_label_map(item[pred_key])[None])[0].astype(np.int64)
+        truth = _picture_plane(self.to_label_map(item[label_key])[None])[0].astype(np.int64)
         if pred.shape != image.shape:
             return  # full-resolution masks beside a resized input: nothing sensible to overlay
-        panel = np.concatenate(
-            [overlay(image, []), overlay(image, [(truth, BLUE)]), overlay(image, [(pred, RED)])], axis=1
-        )
+        if max(pred.max(), truth.max()) > 1:
+            views = [label_overlay(image, truth), label_overlay(image, pred)]
+        else:
+            views = [overlay(image, [(truth > 0, BLUE)]), overlay(image, [(pred > 0, RED)])]
+        panel = np.concatenate([overlay(image, []), *views], axis=1)
         # MONAI evaluators run with the trainer's epoch as their own.
         self.writer.add_image(self.tag, panel, engine.state.epoch, dataformats="HWC")
 
