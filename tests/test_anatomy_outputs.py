@@ -17,8 +17,7 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import LoadImage
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+from dicom_files import write_dicom
 
 from scripts.anatomy import LABEL_VALUES, STRUCTURES, measurements
 from scripts.anatomy_outputs import SaveAnatomyd, pixel_spacing_mm
@@ -65,28 +64,7 @@ def _read_json(path: Path) -> dict:
 
 
 def _write_dicom(path: Path, pixel_spacing: list[float] | None) -> Path:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.Modality = "DX"
-    ds.Rows, ds.Columns = ROWS, COLS
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 0
-    if pixel_spacing is not None:
-        ds.PixelSpacing = pixel_spacing
-    ds.PixelData = (np.arange(ROWS * COLS) % 4000).astype(np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return path
+    return write_dicom(path, (np.arange(ROWS * COLS) % 4000).reshape(ROWS, COLS), pixel_spacing=pixel_spacing)
 
 
 def _load(path: Path) -> MetaTensor:

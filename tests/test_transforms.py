@@ -12,7 +12,6 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import pydicom
 import pytest
 import torch
 import torch.nn.functional as F
@@ -20,8 +19,7 @@ from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 from monai.transforms import Compose
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+from dicom_files import write_dicom
 
 from scripts.synthetic_cxr import synthesize_case
 from scripts.imageio_checks import image_stem
@@ -86,33 +84,6 @@ def _grey8(image01: np.ndarray) -> np.ndarray:
     return np.round(image01 * 255).astype(np.uint8)
 
 
-def _write_dicom(path: Path, pixels: np.ndarray, photometric: str) -> Path:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.Modality = "DX"
-    ds.PatientName = "Synthetic^Radiograph"
-    ds.PatientID = "0"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = photometric
-    ds.BitsAllocated = 16
-    ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 0
-    ds.PixelSpacing = [ROW_MM, COL_MM]
-    ds.PixelData = pixels.astype(np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return path
-
-
 def _write_inputs(folder: Path, image01: np.ndarray) -> dict[str, Path]:
     g8 = _grey8(image01)
     grey = Image.fromarray(g8)
@@ -146,9 +117,9 @@ def _write_inputs(folder: Path, image01: np.ndarray) -> dict[str, Path]:
     paths["scan.nii.gz"] = folder / "scan.nii.gz"
     nib.save(nib.Nifti1Image(image01.T.astype(np.float32), affine), paths["scan.nii.gz"])
     stored = np.round(image01 * 4000).astype(np.uint16)
-    paths["mono2.dcm"] = _write_dicom(folder / "mono2.dcm", stored, "MONOCHROME2")
+    paths["mono2.dcm"] = write_dicom(folder / "mono2.dcm", stored, "MONOCHROME2", [ROW_MM, COL_MM])
     # MONOCHROME1: 0 is white; the same picture stored inverted.
-    paths["mono1.dcm"] = _write_dicom(folder / "mono1.dcm", (4000 - stored).astype(np.uint16), "MONOCHROME1")
+    paths["mono1.dcm"] = write_dicom(folder / "mono1.dcm", (4000 - stored).astype(np.uint16), "MONOCHROME1", [ROW_MM, COL_MM])
     return paths
 
 
