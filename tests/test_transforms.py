@@ -112,6 +112,8 @@ def _write_inputs(folder: Path, image01: np.ndarray) -> dict[str, Path]:
     assert np.corrcoef(np.asarray(palette).ravel(), g8.ravel())[0, 1] < 0.9
     save("palette.png", palette)
     save("photo.jpg", grey, quality=95)
+    save("grey8.tif", grey)
+    save("grey16.tif", im16)
     # NIfTI arrays are indexed (x = column, y = row), like MONAI's PIL layout.
     affine = np.diag([COL_MM, ROW_MM, 1.0, 1.0])
     paths["scan.nii.gz"] = folder / "scan.nii.gz"
@@ -158,6 +160,8 @@ FORMATS = [
     "grey_alpha.png",
     "palette.png",
     "photo.jpg",
+    "grey8.tif",
+    "grey16.tif",
     "scan.nii.gz",
     "mono2.dcm",
 ]
