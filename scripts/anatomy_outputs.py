@@ -31,6 +31,7 @@ from monai.transforms import MapTransform
 from scripts.anatomy import STRUCTURES, measurements, merge_to_label_map
 from scripts.atomic import write_text
 from scripts.imageio_checks import image_stem
+from scripts.metrics_report import to_jsonable
 from scripts.transforms import SaveMaskd, _as_rows_cols, _source, output_suffix
 from scripts.visualize import label_overlay, save_png
 
@@ -66,17 +67,6 @@ def pixel_spacing_mm(meta: Mapping, affine: torch.Tensor | np.ndarray | None = N
         col_mm, row_mm = (float(np.linalg.norm(a[:3, axis])) for axis in (0, 1))
         return row_mm, col_mm
     return None
-
-
-def _json_ready(value):
-    """nan/inf -> None (strict JSON has no NaN) and numpy scalars -> Python numbers."""
-    if isinstance(value, Mapping):
-        return {k: _json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_ready(v) for v in value]
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    return value.item() if isinstance(value, np.generic) else value
 
 
 class SaveAnatomyd(MapTransform):
@@ -135,7 +125,7 @@ class SaveAnatomyd(MapTransform):
                 "pixel_spacing_mm": list(spacing) if spacing is not None else None,
                 **measurements(masks, spacing),
             }
-            text = json.dumps(_json_ready(report), indent=2, allow_nan=False) + "\n"
+            text = json.dumps(to_jsonable(report), indent=2, allow_nan=False) + "\n"
             write_text(self.output_dir / f"{stem}_measurements.json", text)
 
             if self.save_overlay:
