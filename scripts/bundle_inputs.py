@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import Callable, TypeVar
 
+import numpy as np
+
 from scripts.imageio_checks import check_readable, image_stem, list_image_files
 from scripts.manifest import load_split
 
@@ -57,3 +59,26 @@ def _check_unique_stems(paths: list[Path]) -> None:
 
 def staging_dir(output_dir: str) -> str:
     return str(Path(output_dir) / ".partial")
+
+
+def volume_cases(manifest: str, dataset_dir: str, split: str, label_values: list[int] | None = None) -> list[dict]:
+    """Items of one split of a volume or slab manifest, every volume opened and
+    checked up front: readable, image and label of one shape, and, with
+    ``label_values``, label voxels only of those values."""
+    from scripts.volume_io import SlabReader, check_same_shape, read_volume  # 3D only
+
+    def scan() -> list[dict]:
+        items = load_split(manifest, dataset_dir, split)
+        for item in items:
+            with SlabReader(item["image"]) as image, SlabReader(item["label"]) as label:
+                check_same_shape(image.meta, label.meta)
+            if label_values is not None:
+                slices = item.get("slices")
+                values, _ = read_volume(item["label"], slices=None if slices is None else tuple(slices))
+                unknown = sorted(set(np.unique(values).tolist()) - {int(v) for v in label_values})
+                if unknown:
+                    raise ValueError(f"label volume {item['label']} has values {unknown[:10]} "
+                                     f"outside the expected {list(label_values)}")
+        return items
+
+    return _or_exit(scan)

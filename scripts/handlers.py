@@ -41,7 +41,9 @@ _CONFUSION_METRICS = {"accuracy": "accuracy", "precision": "precision", "recall"
 
 def _case_name(item: dict, key: str) -> str:
     meta = getattr(item.get(key), "meta", {}) or {}
-    return Path(str(meta.get("filename_or_obj", "case"))).name
+    name = Path(str(meta.get("filename_or_obj", "case"))).name
+    slices = meta.get("slices")  # a slab of a volume (scripts.tomo_transforms.LoadVolumed)
+    return name if slices is None else f"{name}[{int(slices[0])}:{int(slices[1])}]"
 
 
 def _picture_plane(x: torch.Tensor) -> np.ndarray:
@@ -53,6 +55,14 @@ def _picture_plane(x: torch.Tensor) -> np.ndarray:
     if arr.ndim == 4:
         arr = arr[..., arr.shape[-1] // 2]
     return arr.numpy().transpose(0, 2, 1)
+
+
+PlanesFn = Callable[[torch.Tensor], list[tuple[str, np.ndarray]]]
+
+
+def central_plane(x: torch.Tensor) -> list[tuple[str, np.ndarray]]:
+    """The default picture planes: one, ``_picture_plane``; untagged."""
+    return [("", _picture_plane(x))]
 
 
 def argmax_labels(onehot: torch.Tensor) -> torch.Tensor:
@@ -74,7 +84,8 @@ class SegmentationReport:
     ``case_measures(pred, truth)`` may add per-case figures computed from the
     (C, spatial...) numpy masks, such as a cardiothoracic-ratio error. Writes under
     ``output_dir``: ``metrics.json`` (means per class, mean Dice, pooled pixel
-    confusion matrix), ``metrics_per_case.csv`` and ``collage.png``; and, when
+    confusion matrix), ``metrics_per_case.csv`` and ``collage.png`` (one tile per
+    (tag, plane) that ``planes`` picks from a case, e.g. several z-slices); and, when
     ``log_dir`` holds TensorBoard logs of the training run, ``training_curves.png``.
     """
 
@@ -92,6 +103,7 @@ class SegmentationReport:
         collage_rows: int = 24,
         log_dir: str | None = None,
         settings: dict | None = None,
+        planes: PlanesFn = central_plane,
     ) -> None:
         self.output_dir = Path(output_dir)
         self.class_names = list(class_names)
@@ -105,6 +117,7 @@ class SegmentationReport:
         self.collage_rows = collage_rows
         self.log_dir = log_dir
         self.settings = settings or {}
+        self.planes = planes
         self.reset()
 
     def reset(self) -> None:
@@ -138,14 +151,17 @@ class SegmentationReport:
             image = item[image_key].detach().float()
             if image.shape[1:] != pred.shape[2:]:  # network-sized input beside full-size masks
                 image = F.interpolate(image[None], size=pred.shape[2:], mode="nearest")[0]
-            self.pictures.append(
-                {
-                    "name": self.names[-1],
-                    "image": _picture_plane(image)[0],
-                    "pred": _picture_plane(pred_labels[None])[0].astype(np.uint8),
-                    "truth": _picture_plane(true_labels[None])[0].astype(np.uint8),
-                }
-            )
+            views = zip(self.planes(image), self.planes(pred_labels[None]), self.planes(true_labels[None]))
+            for (tag, img), (_, pred_plane), (_, true_plane) in views:
+                self.pictures.append(
+                    {
+                        "case": len(self.names) - 1,
+                        "name": f"{self.names[-1]} {tag}".strip(),
+                        "image": img[0],
+                        "pred": pred_plane[0].astype(np.uint8),
+                        "truth": true_plane[0].astype(np.uint8),
+                    }
+                )
 
     def per_case_scores(self) -> dict[str, torch.Tensor]:
         """Metric name -> (cases, classes) tensor."""
@@ -172,7 +188,8 @@ class SegmentationReport:
             row["mean_dice"] = float(torch.nanmean(scores["dice"][i]))
             row.update(self.extra[i] if self.extra else {})
             per_case.append(row)
-            self.pictures[i]["score"] = row["mean_dice"]
+        for picture in self.pictures:
+            picture["score"] = per_case[picture["case"]]["mean_dice"]
 
         def nanmean(values: torch.Tensor) -> float:
             finite = values[torch.isfinite(values)]
@@ -226,8 +243,10 @@ class TensorBoardOverlay:
         image_key: str = "image",
         pred_key: str = "pred",
         label_key: str = "label",
+        planes: PlanesFn = central_plane,
     ) -> None:
         self.writer = summary_writer
+        self.planes = planes
         self.to_label_map = to_label_map
         self.tag = tag
         self.keys = (image_key, pred_key, label_key)
@@ -239,9 +258,9 @@ class TensorBoardOverlay:
     def __call__(self, engine: Engine) -> None:
         image_key, pred_key, label_key = self.keys
         item = engine.state.output[0]
-        image = _picture_plane(item[image_key])[0]
-        pred = _picture_plane(self.to_label_map(item[pred_key])[None])[0].astype(np.int64)
-        truth = _picture_plane(self.to_label_map(item[label_key])[None])[0].astype(np.int64)
+        image = self.planes(item[image_key])[0][1][0]
+        pred = self.planes(self.to_label_map(item[pred_key])[None])[0][1][0].astype(np.int64)
+        truth = self.planes(self.to_label_map(item[label_key])[None])[0][1][0].astype(np.int64)
         if pred.shape != image.shape:
             return  # full-resolution masks beside a resized input: nothing sensible to overlay
         if max(pred.max(), truth.max()) > 1:
