@@ -19,11 +19,12 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+from ignite.engine import Engine, Events, State
 from tqdm import tqdm
 
 from scripts.tomo_transforms import intensity_range, scale
@@ -94,6 +95,58 @@ def segment_volume(
     return Path(out_path)
 
 
+def volume_items(dataset_dir: str) -> list[dict]:
+    """``{"image": path}`` for every volume of ``dataset_dir``, each opened and checked
+    up front, so a bad file stops the run (one ``ERROR:`` line, exit status 2)
+    before anything is written."""
+    try:
+        volumes = find_volumes(dataset_dir)
+        for path in volumes:
+            with SlabReader(path):
+                pass
+    except VolumeError as err:
+        print(f"ERROR: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return [{"image": str(path)} for path in volumes]
+
+
+class VolumeSegmenter(Engine):
+    """An ignite engine whose iterations each segment one volume with ``segment_volume``.
+
+    MONAI's ``SupervisedEvaluator`` would load every volume whole; this engine keeps
+    the bundle's evaluator property (and its handlers: progress, logging) while
+    streaming. Each output is ``output_dir/<stem>_seg.<format>`` and appears whole or
+    not at all.
+    """
+
+    def __init__(
+        self,
+        dataset: Sequence[dict],
+        output_dir: str,
+        network: torch.nn.Module,
+        inferer: Inferer,
+        slab_depth: int = 64,
+        halo: int = 16,
+        lower: float = 0.5,
+        upper: float = 99.5,
+        suffix: str = "_seg",
+    ) -> None:
+        super().__init__(self._segment)
+        self.dataset = dataset
+        self.settings = dict(network=network, inferer=inferer, slab_depth=slab_depth, halo=halo, lower=lower, upper=upper)
+        self.output_dir, self.suffix = output_dir, suffix
+
+    def _segment(self, engine: Engine, item: dict) -> dict:
+        out = output_path(item["image"], self.output_dir, self.suffix)
+        segment_volume(item["image"], out, **self.settings)
+        logger.info("wrote %s", out)
+        return {"image": item["image"], "output": str(out)}
+
+    def run(self, data: Sequence[dict] | None = None, max_epochs: int = 1, **kwargs) -> State:
+        items = self.dataset if data is None else data
+        return super().run([items[i] for i in range(len(items))], max_epochs=max_epochs, **kwargs)
+
+
 def segment_folder(
     dataset_dir: str,
     output_dir: str,
@@ -105,23 +158,9 @@ def segment_folder(
     upper: float = 99.5,
     suffix: str = "_seg",
 ) -> list[Path]:
-    """Segment every volume of ``dataset_dir`` into ``output_dir`` (``<stem>_seg.<format>``).
-
-    All inputs are opened and checked before the first is segmented, so a bad file
-    stops the run before anything is written; each output appears whole or not at all.
-    """
-    try:
-        volumes = find_volumes(dataset_dir)
-        for path in volumes:
-            with SlabReader(path):
-                pass
-    except VolumeError as err:
-        print(f"ERROR: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    written = []
-    for path in volumes:
-        out = output_path(path, output_dir, suffix)
-        segment_volume(path, out, network, inferer, slab_depth, halo, lower, upper)
-        logger.info("wrote %s", out)
-        written.append(out)
+    """Segment every volume of ``dataset_dir`` into ``output_dir``; the paths written."""
+    engine = VolumeSegmenter(volume_items(dataset_dir), output_dir, network, inferer, slab_depth, halo, lower, upper, suffix)
+    written: list[Path] = []
+    engine.add_event_handler(Events.ITERATION_COMPLETED, lambda e: written.append(Path(e.state.output["output"])))
+    engine.run()
     return written
