@@ -11,10 +11,11 @@ voxels in bins below cut i, the accuracy of cuts i < j is
 
 so the best pair is max_j (g(j) + max_{i<j} f(i)), a running maximum.
 
-    python -m scripts.threshold_baseline [--data ../shared/data/soc_ptycho] [--train 1 120] [--test 161 200]
+    python -m scripts.threshold_baseline [--datalist data_manifests/soc_ptycho.json]
+        [--dataset_dir ../shared/data/soc_ptycho] [--output_dir runs/threshold_baseline]
 
-fits on the soc_ptycho slices ``--train`` and prints the thresholds and the accuracy
-and per-class Dice on the slices ``--test``.
+fits on the manifest's training split, scores the testing split as the bundle's
+evaluation scores the model, prints a summary and writes baseline_metrics.json.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import numpy as np
 # seed): 50M voxels give the accuracy of any threshold pair to ~1e-4 (binomial standard
 # error at most 0.5/sqrt(5e7)), and the histogram pass then takes seconds, not minutes.
 MAX_VOXELS = 50_000_000
-REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "soc_ptycho"
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _sample(image: np.ndarray, labels: np.ndarray, max_voxels: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -122,50 +123,26 @@ def apply_thresholds(image: np.ndarray, thresholds: tuple[float, float]) -> np.n
     return out
 
 
-def scores(prediction: np.ndarray, labels: np.ndarray, n_classes: int = 3) -> dict[str, object]:
-    """Voxel accuracy, per-class Dice and their mean."""
-    prediction, labels = np.asarray(prediction).ravel(), np.asarray(labels).ravel()
-    confusion = np.bincount(labels.astype(np.int64) * n_classes + prediction, minlength=n_classes**2)
-    confusion = confusion.reshape(n_classes, n_classes)  # rows: truth, columns: prediction
-    tp = np.diag(confusion).astype(np.float64)
-    dice = 2 * tp / np.maximum(confusion.sum(0) + confusion.sum(1), 1)
-    return {"accuracy": float(tp.sum() / labels.size), "dice": [float(d) for d in dice],
-            "mean_dice": float(dice.mean())}
-
-
-def load_soc_ptycho(data_dir: str | Path, first: int, last: int) -> tuple[np.ndarray, np.ndarray]:
-    """Slices first..last (1-based, inclusive) of soc_ptycho: uint16 images and labels
-    mapped from 0/128/255 to the classes 0/1/2."""
-    import tifffile
-
-    data_dir = Path(data_dir)
-    numbers = range(first, last + 1)
-    image = np.stack([tifffile.imread(data_dir / "images" / f"SOCprist{n:04d}.tiff") for n in numbers])
-    raw = np.stack([tifffile.imread(data_dir / "labels" / f"slice__{n:03d}.tif") for n in numbers])
-    lut = np.full(256, 255, np.uint8)
-    lut[[0, 128, 255]] = [0, 1, 2]
-    labels = lut[raw]
-    if (labels == 255).any():
-        raise ValueError(f"labels in {data_dir} hold values other than 0, 128, 255: {np.unique(raw)[:10]}")
-    return image, labels
-
-
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", default=str(REAL_DATA), help="the soc_ptycho folder")
-    parser.add_argument("--train", type=int, nargs=2, default=(1, 120), metavar=("FIRST", "LAST"))
-    parser.add_argument("--test", type=int, nargs=2, default=(161, 200), metavar=("FIRST", "LAST"))
-    parser.add_argument("--bins", type=int, default=1024)
+    # The report (fitting on one split, scoring on another like the model) lives in
+    # tomo_evaluation, which imports this module: import it here, not at the top.
+    from scripts.tomo_evaluation import threshold_baseline_report
+
+    parser = argparse.ArgumentParser(prog="python -m scripts.threshold_baseline", description=__doc__.split("\n")[0])
+    parser.add_argument("--datalist", default=str(REPO / "data_manifests" / "soc_ptycho.json"))
+    parser.add_argument("--dataset_dir", default=str(REPO.parent / "shared" / "data" / "soc_ptycho"))
+    parser.add_argument("--output_dir", default="runs/threshold_baseline", help="where baseline_metrics.json goes")
+    parser.add_argument("--label_values", type=int, nargs="+", default=[0, 128, 255], help="label voxel values, class order")
+    parser.add_argument("--class_names", nargs="+", default=["pores", "zirconia", "nickel"])
+    parser.add_argument("--split", default="testing", help="the split to score (fitted on 'training')")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    image, labels = load_soc_ptycho(args.data, *args.train)
-    thresholds = fit_thresholds(image, labels, bins=args.bins)
-    result = {"thresholds": list(thresholds), "train": scores(apply_thresholds(image, thresholds), labels)}
-    image, labels = load_soc_ptycho(args.data, *args.test)
-    result["test"] = scores(apply_thresholds(image, thresholds), labels)
-    result["train_slices"], result["test_slices"] = list(args.train), list(args.test)
-    result["seconds"] = round(time.perf_counter() - start, 2)
-    print(json.dumps(result, indent=2))
+    report = threshold_baseline_report(args.datalist, args.dataset_dir, args.output_dir, args.label_values,
+                                       args.class_names, split=args.split)
+    summary = {k: report[k] for k in ("thresholds", "mean_dice", "accuracy", "boundary_accuracy", "interior_accuracy")}
+    summary["dice"] = {name: c["dice"] for name, c in report["classes"].items()}
+    summary["seconds"] = round(time.perf_counter() - start, 2)
+    print(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":
