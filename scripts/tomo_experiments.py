@@ -1,7 +1,7 @@
 """The seed report's experiments on the tomography bundle, as one script.
 
-    python -m scripts.tomo_experiments [--workdir runs/tomo_experiments] [--budget_s 240]
-        [--sizes 5 15 35 65 105] [--only noise,size,dims]
+    python -m scripts.tomo_experiments [--workdir runs/tomo_experiments] [--budget_s 200]
+        [--sizes 5 25 65 105] [--only noise,size,dims]
 
 Every arm trains bundle/xray_tomography with its own train.yaml for the same
 wall-clock budget (``time_limit_s``), then is scored on the manifest's testing slab
@@ -98,7 +98,7 @@ def run_arm(arm: dict, workdir: Path, budget_s: float, dataset_dir: str | None) 
     for condition, noise in (("clean", 0.0), ("noisy", NOISE_STD)):
         out = folder / f"eval_{condition}"
         cmd = bundle_command(["train.yaml", *arm["configs"], "evaluate.yaml"], bundle=BUNDLE, output_dir=out,
-                             val_noise_std=noise, **common)
+                             val_noise_std=noise, baseline=condition == "clean", **common)
         _run(cmd, folder / f"eval_{condition}.log")
         metrics = json.loads((out / "metrics.json").read_text())
         result[f"dice_{condition}"] = metrics["mean_dice"]
@@ -160,8 +160,8 @@ def plot(results: list[dict], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m scripts.tomo_experiments", description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", type=Path, default=Path("runs/tomo_experiments"))
-    parser.add_argument("--budget_s", type=float, default=240.0, help="training wall time of every arm")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[5, 15, 35, 65, 105], help="training slices")
+    parser.add_argument("--budget_s", type=float, default=200.0, help="training wall time of every arm")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[5, 25, 65, 105], help="training slices")
     parser.add_argument("--only", default="noise,size,dims", help="comma-separated groups to run")
     parser.add_argument("--dataset_dir", help="soc_ptycho folder (default: the bundle's)")
     args = parser.parse_args(argv)

@@ -239,3 +239,42 @@ def test_segment_folder_writes_the_input_format(stack: Path, tmp_path: Path) -> 
     a, _ = read_volume(tmp_path / "out" / "multi_seg.tif")
     b, _ = read_volume(tmp_path / "out" / "stack_seg")
     np.testing.assert_array_equal(a, b)
+
+
+# --- experiment and benchmark scripts -------------------------------------------------
+
+
+def test_experiment_arms_cover_noise_size_and_dimensions(tmp_path: Path, monkeypatch) -> None:
+    from scripts import tomo_experiments
+
+    arms = tomo_experiments.arms([5, 105], {"noise", "size", "dims"})
+    assert [a["name"] for a in arms] == ["3d_no_noise", "3d_noise", "3d_5_slices", "3d_105_slices", "2d_slicewise", "3d"]
+    assert arms[0]["train"] == {"noise_prob": 0.0} and arms[4]["configs"] == ["slicewise.yaml"]
+    manifest = json.loads(tomo_experiments._subset_manifest(tmp_path, 5).read_text())
+    start = manifest["training"][0]["slices"][0]
+    assert manifest["training"][0]["slices"] == [start, start + 5]
+    with pytest.raises(SystemExit, match="fewer than 1000"):
+        tomo_experiments._subset_manifest(tmp_path, 1000)
+
+
+def test_experiment_table_and_plot_are_written(tmp_path: Path) -> None:
+    from scripts.tomo_experiments import plot, write_table
+
+    row = dict(train_wall_s=10, dice_clean=0.98, dice_noisy=0.9, boundary_accuracy_clean=0.9,
+               boundary_accuracy_noisy=0.8, baseline_dice=0.97)
+    results = [dict(row, name=f"3d_{n}_slices", group="size", slices=n) for n in (5, 25)]
+    results.append(dict(row, name="2d_slicewise", group="dims"))
+    write_table(results, tmp_path)
+    plot(results, tmp_path / "results.png")
+    assert "| 2d_slicewise | 10 | 0.9800 | 0.9000 |" in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "results.png").stat().st_size > 1000
+    assert len((tmp_path / "results.csv").read_text().splitlines()) == 4
+
+
+def test_benchmark_sizes_read_as_x_by_y_by_z() -> None:
+    from scripts.benchmark_tomo import parse_size
+
+    assert parse_size("256") == (256, 256, 256)
+    assert parse_size("1024x1024x512") == (512, 1024, 1024)
+    with pytest.raises(Exception, match="size must be"):
+        parse_size("12x5")
