@@ -45,17 +45,25 @@ def parse_size(text: str) -> tuple[int, int, int]:
     return z, y, x
 
 
-def volume_for(size: tuple[int, int, int], workdir: Path) -> tuple[Path, float | None]:
-    """The synthetic volume of ``size`` (generated once); and the generation time if made now."""
-    from scripts.synthetic_tomo import generate_volume
+def volume_for(size: tuple[int, int, int], workdir: Path, max_angles: int) -> tuple[Path, dict]:
+    """The synthetic volume of ``size``, generated once, and how it was made.
+
+    Projection angles are capped at ``max_angles``: the scan simulation costs time in
+    proportion to them, inference speed does not depend on them, and fewer angles
+    only add streaks. feature_size 30 gives phases as coarse as soc_ptycho's.
+    """
+    from scripts.synthetic_tomo import default_n_angles, generate_volume
 
     folder = workdir / "volumes" / "x".join(map(str, size))
-    image = folder / "image.tif"
-    if image.exists():
-        return image, None
+    image, record = folder / "image.tif", folder / "generation.json"
+    if image.exists() and record.exists():
+        return image, json.loads(record.read_text())
+    settings = {"seed": 0, "feature_size": 30.0, "n_angles": min(default_n_angles(size[2]), max_angles)}
     start = time.time()
-    paths = generate_volume(folder, shape=size, seed=0, fmt="tiff", feature_size=30.0)
-    return Path(paths["image"]), time.time() - start
+    paths = generate_volume(folder, shape=size, fmt="tiff", **settings)
+    settings["generation_s"] = round(time.time() - start, 1)
+    write_text(record, json.dumps(settings) + "\n")
+    return Path(paths["image"]), settings
 
 
 def segment(image: Path, out: Path, overrides: dict) -> dict:
@@ -97,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=Path("runs/benchmark_tomo"))
     parser.add_argument("--slab_depth", type=int, default=64)
     parser.add_argument("--halo", type=int, default=16)
+    parser.add_argument("--max_angles", type=int, default=128, help="cap on the simulated scan's projection angles")
+    parser.add_argument("--generate_only", action="store_true", help="make the volumes, measure nothing")
     parser.add_argument("--child", nargs=2, metavar=("IMAGE", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     overrides = {"slab_depth": args.slab_depth, "halo": args.halo}
@@ -118,8 +128,12 @@ def main(argv: list[str] | None = None) -> int:
         },
         "runs": [],
     }
+    if args.generate_only:
+        for size in args.sizes:
+            print(volume_for(size, args.workdir, args.max_angles), flush=True)
+        return 0
     for size in args.sizes:
-        image, gen_s = volume_for(size, args.workdir)
+        image, generation = volume_for(size, args.workdir, args.max_angles)
         out = args.workdir / "outputs" / f"{image.parent.name}_seg.tif"
         print(f"-- {image.parent.name} (z x y x x): segmenting ...", flush=True)
         cmd = [sys.executable, "-m", "scripts.benchmark_tomo", "--slab_depth", str(args.slab_depth),
@@ -128,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         if proc.returncode != 0:
             raise SystemExit(f"ERROR: segmenting {image} failed (exit {proc.returncode})")
         run = json.loads(proc.stdout.strip().splitlines()[-1])
-        run["generation_s"] = None if gen_s is None else round(gen_s, 1)
+        run["synthetic_volume"] = generation
         out.unlink(missing_ok=True)  # the label volume is not needed; disk is
         print(f"   {json.dumps(run)}", flush=True)
         report["runs"].append(run)

@@ -147,19 +147,10 @@ class VolumeSegmenter(Engine):
         return super().run([items[i] for i in range(len(items))], max_epochs=max_epochs, **kwargs)
 
 
-def segment_folder(
-    dataset_dir: str,
-    output_dir: str,
-    network: torch.nn.Module,
-    inferer: Inferer,
-    slab_depth: int = 64,
-    halo: int = 16,
-    lower: float = 0.5,
-    upper: float = 99.5,
-    suffix: str = "_seg",
-) -> list[Path]:
-    """Segment every volume of ``dataset_dir`` into ``output_dir``; the paths written."""
-    engine = VolumeSegmenter(volume_items(dataset_dir), output_dir, network, inferer, slab_depth, halo, lower, upper, suffix)
+def segment_folder(dataset_dir: str, output_dir: str, network: torch.nn.Module, inferer: Inferer, **settings) -> list[Path]:
+    """Segment every volume of ``dataset_dir`` into ``output_dir``; the paths written.
+    ``settings``: those of ``VolumeSegmenter`` (slab_depth, halo, lower, upper, suffix)."""
+    engine = VolumeSegmenter(volume_items(dataset_dir), output_dir, network, inferer, **settings)
     written: list[Path] = []
     engine.add_event_handler(Events.ITERATION_COMPLETED, lambda e: written.append(Path(e.state.output["output"])))
     engine.run()
