@@ -162,3 +162,14 @@ def test_shipped_model_on_the_real_test_slab(data_dir: Path, tmp_path: Path) -> 
     truth = np.stack([tifffile.imread(p) for p in labels]) // 127  # 0/128/255 -> 0/1/2
     dice = [2 * ((pred == c) & (truth == c)).sum() / ((pred == c).sum() + (truth == c).sum()) for c in range(3)]
     assert min(dice) > 0.95, dice
+
+
+def test_training_patches_from_a_slab_thinner_than_a_patch(dataset: tuple[Path, Path]) -> None:
+    data, _ = dataset
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "train.yaml"))
+    parser.update({"patch_size": [8, 16, 16], "patches_per_step": 3, "label_values": [0, 1, 2]})
+    transform = parser.get_parsed_content("train#preprocessing")
+    patches = transform({"image": str(data / "images"), "label": str(data / "labels"), "slices": [0, 3]})
+    assert len(patches) == 3
+    assert all(p["image"].shape == (1, 8, 16, 16) and p["label"].shape == (1, 8, 16, 16) for p in patches)
