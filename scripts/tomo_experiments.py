@@ -59,7 +59,7 @@ def arms(sizes: list[int], only: set[str], epochs: int, budget_s: float) -> list
         out += [{"name": f"3d_{n}_slices", "group": "size", "slices": n, "configs": [], "train": dict(steps)}
                 for n in sizes]
     if "dims" in only:
-        timed = {"time_limit_s": budget_s, "num_epochs": 1000, "val_interval": 1}  # a model.pt before time runs out
+        timed = {"time_limit_s": int(budget_s), "num_epochs": 1000, "val_interval": 1}  # a model.pt before time runs out
         out += [
             {"name": "2d_slicewise", "group": "dims", "configs": ["slicewise.yaml"], "train": dict(timed)},
             {"name": "3d", "group": "dims", "configs": [], "train": dict(timed)},

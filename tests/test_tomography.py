@@ -247,10 +247,10 @@ def test_segment_folder_writes_the_input_format(stack: Path, tmp_path: Path) -> 
 def test_experiment_arms_cover_noise_size_and_dimensions(tmp_path: Path, monkeypatch) -> None:
     from scripts import tomo_experiments
 
-    arms = tomo_experiments.arms([5, 105], {"noise", "size", "dims"}, epochs=4, budget_s=60)
+    arms = tomo_experiments.arms([5, 105], {"noise", "size", "dims"}, epochs=4, budget_s=60.0)
     assert [a["name"] for a in arms] == ["3d_no_noise", "3d_noise", "3d_5_slices", "3d_105_slices", "2d_slicewise", "3d"]
     assert arms[0]["train"] == {"num_epochs": 4, "val_interval": 4, "noise_prob": 0.0}
-    assert arms[4]["configs"] == ["slicewise.yaml"] and arms[4]["train"]["time_limit_s"] == arms[5]["train"]["time_limit_s"]
+    assert arms[4]["configs"] == ["slicewise.yaml"] and arms[4]["train"]["time_limit_s"] == arms[5]["train"]["time_limit_s"] == 60
     manifest = json.loads(tomo_experiments._subset_manifest(tmp_path, 5).read_text())
     start = manifest["training"][0]["slices"][0]
     assert manifest["training"][0]["slices"] == [start, start + 5]

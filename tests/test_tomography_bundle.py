@@ -95,7 +95,7 @@ def test_train_evaluate_infer_end_to_end(dataset: tuple[Path, Path], tmp_path: P
     data, manifest = dataset
     tiny = dict(TINY, patch_size=[1, 32, 32], slice_roi=[32, 32]) if mixins else TINY
     paths = dict(dataset_dir=data, datalist=manifest, ckpt_dir=tmp_path / "models", log_dir=tmp_path / "logs", **tiny)
-    bundle_run(["train.yaml", *mixins], **paths, num_epochs=2, val_interval=1)
+    bundle_run(["train.yaml", *mixins], **paths, num_epochs=2, val_interval=1, time_limit_s=900)
     assert (tmp_path / "models" / "model.pt").is_file()
     assert any((tmp_path / "logs").glob("events.out.tfevents.*"))
 
