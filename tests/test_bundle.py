@@ -224,7 +224,10 @@ def test_train_and_inference_configs_agree(train_parser: ConfigParser, infer_par
 # ---------------------------------------------------------------------------------------
 
 
-def test_metadata_has_the_bundle_keys(metadata: dict) -> None:
+@pytest.mark.parametrize("bundle", ["cxr_lungs", "cxr_anatomy", "xray_tomography"])
+def test_metadata_has_the_bundle_keys(bundle: str) -> None:
+    metadata = json.loads((BUNDLE.parent / bundle / "configs" / "metadata.json").read_text())
+    assert metadata["eval_metrics"], "measured figures belong in eval_metrics"
     missing = [k for k in SCHEMA_REQUIRED if k not in metadata]
     assert not missing, f"metadata.json lacks {missing}"
     for key in ("version", "monai_version", "pytorch_version", "numpy_version", "task",
