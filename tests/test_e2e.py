@@ -68,6 +68,8 @@ def test_training_resumes_where_it_stopped(workspace: dict[str, Path]) -> None:
     assert "Restored all variables" in log
     assert "resuming from iteration" in log and "epoch 2 until 3 epochs" in log
     assert latest_checkpoint(str(workspace["models"])).endswith("resume_checkpoint_epoch=3.pt")
+    # The resumed run's saver does not know the file it started from; the pruner does.
+    assert [p.name for p in workspace["models"].glob("resume_*")] == ["resume_checkpoint_epoch=3.pt"]
 
 
 def test_evaluation_writes_metrics_collage_and_curves(workspace: dict[str, Path]) -> None:
