@@ -71,6 +71,7 @@ def segment(image: Path, out: Path, overrides: dict) -> dict:
     from monai.bundle import ConfigParser
 
     from scripts.tomo_inference import segment_volume
+    from scripts.volume_io import SlabReader
 
     parser = ConfigParser()
     parser.read_config(str(CONFIGS / "inference.yaml"))
@@ -84,8 +85,9 @@ def segment(image: Path, out: Path, overrides: dict) -> dict:
     start = time.time()
     segment_volume(image, out, network, inferer, slab_depth=parser["slab_depth"], halo=parser["halo"])
     wall = time.time() - start
-    shape = __import__("tifffile").TiffFile(image).series[0].shape
-    voxels = int(shape[0]) * int(shape[1]) * int(shape[2])
+    with SlabReader(image) as reader:
+        shape = reader.shape
+    voxels = shape[0] * shape[1] * shape[2]
     return {
         "shape_zyx": list(map(int, shape)),
         "voxels": voxels,

@@ -32,10 +32,9 @@ import tifffile
 
 from scripts.atomic import write_text
 from scripts.manifest import SPLITS, ManifestError
-from scripts.volume_io import VolumeError, SlabReader, check_same_shape, volume_format
+from scripts.volume_io import SlabReader, VolumeError, check_same_shape, is_volume_file, volume_format
 
 TOMOGRAPHY_LABELS = {"0": "pores", "1": "zirconia", "2": "nickel"}
-_VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd", ".tif", ".tiff")
 
 
 def slab_ranges(depth: int, val_fraction: float, test_fraction: float, gap: int) -> dict[str, tuple[int, int]]:
@@ -59,10 +58,6 @@ def slab_ranges(depth: int, val_fraction: float, test_fraction: float, gap: int)
     val = (train[1] + gap, train[1] + gap + n_val)
     test = (val[1] + gap, depth)
     return {"training": train, "validation": val, "testing": test}
-
-
-def _is_volume_file(path: Path) -> bool:
-    return path.is_file() and not path.name.startswith(".") and path.name.lower().endswith(_VOLUME_SUFFIXES)
 
 
 def _is_slice_folder(folder: Path, files: list[Path]) -> bool:
@@ -121,7 +116,7 @@ def build_slab_manifest(
         "labels": label_names or TOMOGRAPHY_LABELS,
         "seed": seed,
     }
-    volume_files = sorted(p for p in image_dir.iterdir() if _is_volume_file(p))
+    volume_files = sorted(p for p in image_dir.iterdir() if is_volume_file(p))
     stack = not volume_files or _is_slice_folder(image_dir, volume_files)
     if stack or len(volume_files) == 1:
         image = image_dir if stack else volume_files[0]

@@ -39,19 +39,16 @@ import contextlib
 import functools
 import math
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
-import tifffile
 import torch
 from scipy import integrate, ndimage, optimize, special
 from tqdm import tqdm
 
-from scripts.atomic import atomic_path
+from scripts.volume_io import SlabWriter, VolumeMeta
 
 PHASES = ("pore", "zirconia", "nickel")
 # Attenuation of pores, zirconia and nickel (arbitrary units, nickel = 1). Pores are
@@ -417,44 +414,13 @@ def to_uint16(recon: np.ndarray, lo: float, hi: float,
 # ----------------------------------------------------------------------------- writing
 
 
-@contextlib.contextmanager
-def _atomic_dir(path: Path) -> Iterator[Path]:
-    """Yield a temporary folder next to ``path``; on success it replaces ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
-    try:
-        yield tmp
-        old = None
-        if path.exists():  # a folder cannot be renamed onto a non-empty one: move it aside
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old) if old.is_dir() else old.unlink()
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-
-
-class _SliceFolder:
-    """Writes slices as slice_0001.tif, slice_0002.tif, ... into a folder."""
-
-    def __init__(self, folder: Path, depth: int) -> None:
-        self.folder, self.z, self.width = folder, 0, max(4, len(str(depth)))
-
-    def write(self, page: np.ndarray, **kwargs: object) -> None:
-        self.z += 1
-        tifffile.imwrite(self.folder / f"slice_{self.z:0{self.width}d}.tif", page, **kwargs)
-
-
-def _open_stack(stack: contextlib.ExitStack, final: Path, fmt: str, depth: int, nbytes: int):
-    """A writer for ``final`` under a temporary name, renamed when ``stack`` closes cleanly."""
-    if fmt == "slices":
-        return _SliceFolder(stack.enter_context(_atomic_dir(final)), depth)
-    tmp = stack.enter_context(atomic_path(final))
-    # Classic TIFF offsets are 32-bit: use BigTIFF well before 4 GiB. The writer is
-    # entered after atomic_path, so it is closed before the rename.
-    return stack.enter_context(tifffile.TiffWriter(tmp, bigtiff=nbytes > 2**31))
+def _writer(stack: contextlib.ExitStack, final: Path, fmt: str, shape: tuple[int, int, int], dtype) -> SlabWriter:
+    """A slab writer for ``final`` (multi-page TIFF or a folder of slice_0001.tif ...),
+    renamed into place when ``stack`` closes cleanly."""
+    width = max(4, len(str(shape[0])))
+    names = [f"slice_{z:0{width}d}.tif" for z in range(1, shape[0] + 1)] if fmt == "slices" else None
+    meta = VolumeMeta(fmt, shape, dtype, source="synthetic", slice_names=names)
+    return stack.enter_context(SlabWriter(final, meta, dtype=dtype))
 
 
 def generate_volume(out_dir: str | os.PathLike, shape: Sequence[int] = (64, 128, 128), seed: int = 0,
@@ -482,8 +448,8 @@ def generate_volume(out_dir: str | os.PathLike, shape: Sequence[int] = (64, 128,
     lo, hi = intensity_window(ATTENUATION)
     rng = np.random.default_rng([int(seed), 1])  # the scan's noise; labels use seed directly
     with contextlib.ExitStack() as stack:
-        image_out = _open_stack(stack, paths["image"], fmt, nz, nz * ny * nx * 2)
-        label_out = _open_stack(stack, paths["label"], fmt, nz, nz * ny * nx)
+        image_out = _writer(stack, paths["image"], fmt, (nz, ny, nx), np.uint16)
+        label_out = _writer(stack, paths["label"], fmt, (nz, ny, nx), np.uint8)
         bar = stack.enter_context(tqdm(total=nz, unit="slice", desc=f"synthetic {nz}x{ny}x{nx}",
                                        disable=not progress))
         for z0 in range(0, nz, chunk):
@@ -491,9 +457,8 @@ def generate_volume(out_dir: str | os.PathLike, shape: Sequence[int] = (64, 128,
             labels = microstructure((depth, ny, nx), seed, feature_size, fractions, z0=z0)
             recon = simulate_tomography(labels, rng, n_angles=n_angles, photons=photons, device=device,
                                         threads=threads)
-            for writer, slab in ((image_out, to_uint16(recon, lo, hi)), (label_out, labels)):
-                for page in slab:  # equal 2D pages, contiguous: tifffile.imread gives (z, y, x)
-                    writer.write(page, contiguous=True, photometric="minisblack")
+            image_out.write(z0, to_uint16(recon, lo, hi))
+            label_out.write(z0, labels)
             del labels, recon  # before the next chunk is made: one chunk in memory at a time
             bar.update(depth)
     return {key: str(path) for key, path in paths.items()}

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -36,8 +35,10 @@ def boundary_band(labels: np.ndarray, width: int = BOUNDARY_WIDTH) -> np.ndarray
 
 def boundary_accuracy(pred_labels: np.ndarray, true_labels: np.ndarray, width: int = BOUNDARY_WIDTH) -> dict[str, float]:
     """Voxel accuracy inside the band around true phase boundaries, and away from it."""
-    band = boundary_band(true_labels, width)
-    correct = pred_labels == true_labels
+    return _band_accuracy(pred_labels == true_labels, boundary_band(true_labels, width))
+
+
+def _band_accuracy(correct: np.ndarray, band: np.ndarray) -> dict[str, float]:
     return {
         "boundary_accuracy": float(correct[band].mean()) if band.any() else float("nan"),
         "interior_accuracy": float(correct[~band].mean()) if (~band).any() else float("nan"),
@@ -51,7 +52,7 @@ def boundary_measures(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
 
 
 def scores(pred_labels: np.ndarray, true_labels: np.ndarray, class_names: Sequence[str]) -> dict:
-    """Per-phase Dice, IoU, accuracy, precision, recall, F1, the confusion matrix and boundary accuracy."""
+    """Per-phase Dice, IoU, accuracy, precision, recall, F1 and the confusion matrix."""
     cm = confusion_matrix(pred_labels, true_labels, len(class_names))
     per_class = class_scores_from_confusion(cm)
     return {
@@ -59,7 +60,6 @@ def scores(pred_labels: np.ndarray, true_labels: np.ndarray, class_names: Sequen
         "accuracy": float(np.trace(cm) / cm.sum()),
         "classes": {name: per_class[c] for c, name in enumerate(class_names)},
         "confusion_matrix": {"labels": list(class_names), "rows": "truth", "columns": "prediction", "counts": cm},
-        **boundary_accuracy(pred_labels, true_labels),
     }
 
 
@@ -89,12 +89,9 @@ def threshold_baseline_report(
     test = _slabs(datalist, dataset_dir, split, label_values)
     pred = np.concatenate([apply_thresholds(i, thresholds).ravel() for i, _ in test])
     truth = np.concatenate([l.ravel() for _, l in test])
-    # Boundaries are found per slab, in 3D; the rest is pooled.
+    # Scores are pooled over the slabs; boundaries are found in each slab, in 3D.
     report = scores(pred, truth, class_names)
-    band = np.concatenate([boundary_band(l).ravel() for _, l in test])
-    correct = pred == truth
-    report.update(boundary_accuracy=float(correct[band].mean()), interior_accuracy=float(correct[~band].mean()),
-                  boundary_fraction=float(band.mean()))
+    report.update(_band_accuracy(pred == truth, np.concatenate([boundary_band(l).ravel() for _, l in test])))
     report = {"method": "two global intensity thresholds fitted on the training split",
               "thresholds": list(map(float, thresholds)), "fit_split": fit_split, "split": split, **report}
     path = Path(output_dir) / "baseline_metrics.json"

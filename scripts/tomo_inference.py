@@ -28,12 +28,11 @@ from ignite.engine import Engine, Events, State
 from tqdm import tqdm
 
 from scripts.tomo_transforms import intensity_range, scale
-from scripts.volume_io import SlabReader, SlabWriter, VolumeError, output_path
+from scripts.volume_io import SlabReader, SlabWriter, VolumeError, is_volume_file, output_path
 
 logger = logging.getLogger(__name__)
 
 Inferer = Callable[[torch.Tensor, torch.nn.Module], torch.Tensor]
-_VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd", ".tif", ".tiff")
 # Slices sampled for the intensity percentiles of a volume too large to read whole.
 _RANGE_SLICES = 32
 
@@ -47,7 +46,7 @@ def find_volumes(dataset_dir: str | os.PathLike) -> list[Path]:
     if not root.is_dir():
         raise VolumeError(f"{root} does not exist")
     entries = sorted(p for p in root.iterdir() if not p.name.startswith("."))
-    volumes = [p for p in entries if p.is_dir() or p.name.lower().endswith(_VOLUME_SUFFIXES)]
+    volumes = [p for p in entries if p.is_dir() or is_volume_file(p)]
     if not volumes and entries:
         return [root]  # the folder is itself a stack of slices or a DICOM series
     if not volumes:

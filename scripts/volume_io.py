@@ -145,6 +145,12 @@ def _file_suffix(path: str | os.PathLike) -> str | None:
     return next((s for s in FILE_FORMATS if name.endswith(s)), None)
 
 
+def is_volume_file(path: str | os.PathLike) -> bool:
+    """A visible file whose name ends in a volume suffix (FILE_FORMATS)."""
+    path = Path(path)
+    return path.is_file() and not path.name.startswith(".") and _file_suffix(path) is not None
+
+
 def _visible_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
 

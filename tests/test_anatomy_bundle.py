@@ -19,9 +19,10 @@ from monai.bundle import ConfigParser, ConfigWorkflow, verify_net_in_out
 from PIL import Image
 from scipy import ndimage
 
+from bundle_runs import run_bundle
+
 from scripts.anatomy import STRUCTURES
 from scripts.atomic import write_text
-from scripts.demo import bundle_command
 from scripts.manifest import build_manifest
 from scripts.synthetic_cxr import synthesize_case
 
@@ -64,11 +65,8 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return root, manifest
 
 
-def bundle_run(config_files: list[str], **overrides: object) -> subprocess.CompletedProcess:
-    cmd = bundle_command(config_files, bundle=BUNDLE, **overrides)
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
+def bundle_run(config_files: list[str], expect: int = 0, **overrides: object) -> subprocess.CompletedProcess:
+    return run_bundle(BUNDLE, config_files, expect, **overrides)
 
 
 def test_train_and_infer_workflows_have_the_model_zoo_properties(dataset: tuple[Path, Path], tmp_path: Path) -> None:

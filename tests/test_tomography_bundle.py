@@ -17,8 +17,9 @@ import tifffile
 import torch
 from monai.bundle import ConfigParser, ConfigWorkflow, verify_net_in_out
 
+from bundle_runs import run_bundle
+
 from scripts.atomic import write_text
-from scripts.demo import bundle_command
 from scripts.slab_manifest import build_slab_manifest
 from scripts.synthetic_tomo import generate_volume
 from scripts.volume_io import read_volume
@@ -40,10 +41,7 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def bundle_run(config_files: list[str], expect: int = 0, **overrides: object) -> subprocess.CompletedProcess:
-    cmd = bundle_command(config_files, bundle=BUNDLE, **overrides)
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    assert result.returncode == expect, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
+    return run_bundle(BUNDLE, config_files, expect, **overrides)
 
 
 def test_train_and_infer_workflows_have_the_model_zoo_properties(dataset: tuple[Path, Path], tmp_path: Path) -> None:
