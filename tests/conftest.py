@@ -1,4 +1,9 @@
-"""Fixtures shared by the test modules."""
+"""Fixtures shared by the test modules.
+
+The test folders mirror the package (shared, chest, tomography, synthetic, cli);
+helpers that several of them use (bundle_runs, dicom_files) sit beside this file,
+which pytest puts on sys.path.
+"""
 
 from __future__ import annotations
 

@@ -1,0 +1,1 @@
+"""The ``xray-seg`` command."""

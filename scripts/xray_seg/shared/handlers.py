@@ -1,0 +1,307 @@
+"""Ignite handlers that MONAI does not ship, shared by the bundles.
+
+- ``SegmentationReport``: the evaluation report (metrics.json, per-case CSV, collage).
+  MONAI's metric classes do the scoring; MONAI's ``MetricsSaver`` writes CSVs
+  only, without the per-class JSON summary, pixel confusion matrix and pictures
+  that the reports need.
+- ``TensorBoardOverlay``: input / truth / prediction overlays in TensorBoard.
+  MONAI's ``TensorBoardImageHandler`` logs the three images separately, with no
+  overlay, which is what reviewers actually look at.
+- ``StagedOutputs``: all-or-nothing output folders for inference.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import ignite.distributed as idist
+import numpy as np
+import torch
+import torch.nn.functional as F
+from ignite.engine import Engine, Events
+from monai.metrics import (
+    ConfusionMatrixMetric,
+    DiceMetric,
+    HausdorffDistanceMetric,
+    MeanIoU,
+    compute_confusion_matrix_metric,
+)
+
+from xray_seg.shared.reports import class_scores_from_confusion, confusion_matrix, write_report
+from xray_seg.shared.figures import BLUE, RED, label_overlay, overlay, plot_training_curves, save_collage
+
+logger = logging.getLogger(__name__)
+
+# Names as in the literature; values are MONAI's confusion-matrix metric names.
+_CONFUSION_METRICS = {"accuracy": "accuracy", "precision": "precision", "recall": "recall", "f1": "f1 score"}
+
+
+def _case_name(item: dict, key: str) -> str:
+    meta = getattr(item.get(key), "meta", {}) or {}
+    name = Path(str(meta.get("filename_or_obj", "case"))).name
+    slices = meta.get("slices")  # a slab of a volume (xray_seg.tomography.transforms.LoadVolumed)
+    return name if slices is None else f"{name}[{int(slices[0])}:{int(slices[1])}]"
+
+
+def _picture_plane(x: torch.Tensor) -> np.ndarray:
+    """(C, W, H[, D]) channel-first tensor -> 2D (H, W) numpy plane for pictures.
+
+    Volumes show their central slice along the last axis.
+    """
+    arr = x.detach().float().cpu()
+    if arr.ndim == 4:
+        arr = arr[..., arr.shape[-1] // 2]
+    return arr.numpy().transpose(0, 2, 1)
+
+
+PlanesFn = Callable[[torch.Tensor], list[tuple[str, np.ndarray]]]
+
+
+def central_plane(x: torch.Tensor) -> list[tuple[str, np.ndarray]]:
+    """The default picture planes: one, ``_picture_plane``; untagged."""
+    return [("", _picture_plane(x))]
+
+
+def argmax_labels(onehot: torch.Tensor) -> torch.Tensor:
+    """One-hot (C, spatial...) -> label map; the default for mutually exclusive classes."""
+    return onehot.argmax(dim=0) if onehot.shape[0] > 1 else (onehot[0] > 0.5).long()
+
+
+LabelMapFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+class SegmentationReport:
+    """Score every evaluated case with MONAI metrics and write the report files.
+
+    Expects decollated engine outputs whose ``pred`` and ``label`` are one-hot
+    (C, spatial...) tensors, the form MONAI metrics take. With ``multi_label``
+    the channels are overlapping structures (sigmoid outputs): every channel is
+    scored whole, and ``to_label_map`` (e.g. a priority merge) turns them into
+    the label map that pictures and the pixel confusion matrix use.
+    ``case_measures(pred, truth)`` may add per-case figures computed from the
+    (C, spatial...) numpy masks, such as a cardiothoracic-ratio error. Writes under
+    ``output_dir``: ``metrics.json`` (means per class, mean Dice, pooled pixel
+    confusion matrix), ``metrics_per_case.csv`` and ``collage.png`` (one tile per
+    (tag, plane) that ``planes`` picks from a case, e.g. several z-slices); and, when
+    ``log_dir`` holds TensorBoard logs of the training run, ``training_curves.png``.
+    """
+
+    def __init__(
+        self,
+        output_dir: str,
+        class_names: Sequence[str],
+        include_background: bool = False,
+        multi_label: bool = False,
+        to_label_map: LabelMapFn = argmax_labels,
+        case_measures: Callable[[np.ndarray, np.ndarray], dict] | None = None,
+        image_key: str = "image",
+        pred_key: str = "pred",
+        label_key: str = "label",
+        collage_rows: int = 24,
+        log_dir: str | None = None,
+        settings: dict | None = None,
+        planes: PlanesFn = central_plane,
+    ) -> None:
+        self.output_dir = Path(output_dir)
+        self.class_names = list(class_names)
+        self.multi_label = multi_label
+        # Multi-label channels are structures, none of them background.
+        self.include_background = include_background or multi_label
+        self.to_label_map = to_label_map
+        self.case_measures = case_measures
+        self.map_names = ["background", *self.class_names] if multi_label else self.class_names
+        self.keys = (image_key, pred_key, label_key)
+        self.collage_rows = collage_rows
+        self.log_dir = log_dir
+        self.settings = settings or {}
+        self.planes = planes
+        self.reset()
+
+    def reset(self) -> None:
+        kw = dict(include_background=self.include_background, reduction="none")
+        self.dice = DiceMetric(ignore_empty=False, **kw)
+        self.iou = MeanIoU(ignore_empty=False, **kw)
+        self.hd95 = HausdorffDistanceMetric(percentile=95, **kw)
+        self.confusion = ConfusionMatrixMetric(metric_name="accuracy", compute_sample=True, **kw)
+        self.pixels = np.zeros((len(self.map_names),) * 2, dtype=np.int64)
+        self.extra: list[dict] = []
+        self.names: list[str] = []
+        self.pictures: list[dict] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, lambda _: self.reset())
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.score_batch)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.write)
+
+    def score_batch(self, engine: Engine) -> None:
+        image_key, pred_key, label_key = self.keys
+        for item in engine.state.output:
+            pred = item[pred_key].detach().float()[None]
+            label = item[label_key].detach().float()[None]
+            for metric in (self.dice, self.iou, self.hd95, self.confusion):
+                metric(y_pred=pred, y=label)
+            pred_labels, true_labels = self.to_label_map(pred[0]), self.to_label_map(label[0])
+            self.pixels += confusion_matrix(pred_labels, true_labels, len(self.map_names))
+            if self.case_measures is not None:
+                self.extra.append(self.case_measures(pred[0].cpu().numpy(), label[0].cpu().numpy()))
+            self.names.append(_case_name(item, image_key))
+            image = item[image_key].detach().float()
+            if image.shape[1:] != pred.shape[2:]:  # network-sized input beside full-size masks
+                image = F.interpolate(image[None], size=pred.shape[2:], mode="nearest")[0]
+            views = zip(self.planes(image), self.planes(pred_labels[None]), self.planes(true_labels[None]))
+            for (tag, img), (_, pred_plane), (_, true_plane) in views:
+                self.pictures.append(
+                    {
+                        "case": len(self.names) - 1,
+                        "name": f"{self.names[-1]} {tag}".strip(),
+                        "image": img[0],
+                        "pred": pred_plane[0].astype(np.uint8),
+                        "truth": true_plane[0].astype(np.uint8),
+                    }
+                )
+
+    def per_case_scores(self) -> dict[str, torch.Tensor]:
+        """Metric name -> (cases, classes) tensor."""
+        buffer = self.confusion.get_buffer()
+        scores = {
+            "dice": self.dice.aggregate(),
+            "iou": self.iou.aggregate(),
+            **{name: compute_confusion_matrix_metric(monai_name, buffer) for name, monai_name in _CONFUSION_METRICS.items()},
+            "hd95": self.hd95.aggregate(),
+        }
+        return {k: v.reshape(len(self.names), -1).float().cpu() for k, v in scores.items()}
+
+    def write(self, engine: Engine) -> None:
+        if idist.get_rank() != 0 or not self.names:
+            return
+        scores = self.per_case_scores()
+        classes = self.class_names if self.include_background else self.class_names[1:]
+        per_case = []
+        for i, name in enumerate(self.names):
+            row: dict[str, Any] = {"case": name}
+            for metric, values in scores.items():
+                for c, cls in enumerate(classes):
+                    row[f"{metric}_{cls}"] = float(values[i, c])
+            row["mean_dice"] = float(torch.nanmean(scores["dice"][i]))
+            row.update(self.extra[i] if self.extra else {})
+            per_case.append(row)
+        for picture in self.pictures:
+            picture["score"] = per_case[picture["case"]]["mean_dice"]
+
+        def nanmean(values: torch.Tensor) -> float:
+            finite = values[torch.isfinite(values)]
+            return float(finite.mean()) if finite.numel() else float("nan")
+
+        summary = {
+            "num_cases": len(self.names),
+            "mean_dice": nanmean(scores["dice"]),
+            "classes": {
+                cls: {metric: nanmean(values[:, c]) for metric, values in scores.items()} for c, cls in enumerate(classes)
+            },
+            "std_dice": {cls: float(scores["dice"][:, c].std()) for c, cls in enumerate(classes)},
+            **({"case_measures": {k: nanmean(torch.tensor([e[k] for e in self.extra], dtype=torch.float64))
+                                  for k in self.extra[0]}} if self.extra else {}),
+            "pixel_confusion_matrix": {
+                "labels": self.map_names,
+                "rows": "truth",
+                "columns": "prediction",
+                "counts": self.pixels.tolist(),
+            },
+            "pooled_pixel_scores": {
+                self.map_names[c]: s for c, s in class_scores_from_confusion(self.pixels).items()
+            },
+            "units": {"hd95": "pixels (voxels) of the evaluated image"},
+            "engine_metrics": {k: v for k, v in engine.state.metrics.items() if isinstance(v, (int, float))},
+            **({"settings": self.settings} if self.settings else {}),
+        }
+        json_path, csv_path = write_report(self.output_dir, summary, per_case)
+        collage = save_collage(self.pictures, self.output_dir / "collage.png", max_rows=self.collage_rows)
+        logger.info("mean Dice %.4f over %d cases; wrote %s, %s, %s", summary["mean_dice"], len(self.names), json_path, csv_path, collage)
+        if self.log_dir and Path(self.log_dir).is_dir():
+            try:
+                curves = plot_training_curves(self.log_dir, self.output_dir / "training_curves.png")
+                logger.info("wrote training curves (%d epochs) to %s", len(curves["loss"]), self.output_dir / "training_curves.png")
+            except (FileNotFoundError, ValueError) as err:
+                logger.warning("no training curves: %s", err)
+
+
+class TensorBoardOverlay:
+    """Log one validation case per epoch as [input | truth | prediction].
+
+    One class: truth in blue, prediction in red. Several classes: each class in
+    its own colour (``to_label_map`` as in ``SegmentationReport``).
+    """
+
+    def __init__(
+        self,
+        summary_writer: Any,
+        to_label_map: LabelMapFn = argmax_labels,
+        tag: str = "validation/overlay",
+        image_key: str = "image",
+        pred_key: str = "pred",
+        label_key: str = "label",
+        planes: PlanesFn = central_plane,
+    ) -> None:
+        self.writer = summary_writer
+        self.planes = planes
+        self.to_label_map = to_label_map
+        self.tag = tag
+        self.keys = (image_key, pred_key, label_key)
+
+    def attach(self, engine: Engine) -> None:
+        # Each validation round is a new run whose iterations count from 1 again.
+        engine.add_event_handler(Events.ITERATION_COMPLETED(once=1), self)
+
+    def __call__(self, engine: Engine) -> None:
+        image_key, pred_key, label_key = self.keys
+        item = engine.state.output[0]
+        image = self.planes(item[image_key])[0][1][0]
+        pred = self.planes(self.to_label_map(item[pred_key])[None])[0][1][0].astype(np.int64)
+        truth = self.planes(self.to_label_map(item[label_key])[None])[0][1][0].astype(np.int64)
+        if pred.shape != image.shape:
+            return  # full-resolution masks beside a resized input: nothing sensible to overlay
+        if max(pred.max(), truth.max()) > 1:
+            views = [label_overlay(image, truth), label_overlay(image, pred)]
+        else:
+            views = [overlay(image, [(truth > 0, BLUE)]), overlay(image, [(pred > 0, RED)])]
+        panel = np.concatenate([overlay(image, []), *views], axis=1)
+        # MONAI evaluators run with the trainer's epoch as their own.
+        self.writer.add_image(self.tag, panel, engine.state.epoch, dataformats="HWC")
+
+
+class StagedOutputs:
+    """Write inference outputs to a staging folder and publish them only on success.
+
+    A failed or interrupted run leaves ``output_dir`` as it was: no half-written
+    or partial set of masks. Files are moved with ``os.replace`` (atomic on one
+    file system, and the staging folder lives inside ``output_dir``).
+    """
+
+    def __init__(self, staging_dir: str, output_dir: str) -> None:
+        self.staging_dir = Path(staging_dir)
+        self.output_dir = Path(output_dir)
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self.prepare)
+        engine.add_event_handler(Events.COMPLETED, self.publish)
+        engine.add_event_handler(Events.EXCEPTION_RAISED, self.discard)
+
+    def prepare(self, _: Engine) -> None:
+        shutil.rmtree(self.staging_dir, ignore_errors=True)
+        self.staging_dir.mkdir(parents=True)
+
+    def publish(self, _: Engine) -> None:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        moved = 0
+        for path in sorted(self.staging_dir.iterdir()):
+            path.replace(self.output_dir / path.name)
+            moved += 1
+        shutil.rmtree(self.staging_dir, ignore_errors=True)
+        logger.info("wrote %d files to %s", moved, self.output_dir)
+
+    def discard(self, _: Engine, error: Exception) -> None:
+        shutil.rmtree(self.staging_dir, ignore_errors=True)
+        raise error  # ignite swallows exceptions once a handler is registered for them

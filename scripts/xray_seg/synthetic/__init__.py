@@ -1,0 +1,1 @@
+"""Synthetic data with exact labels: chest radiographs and simulated tomography."""
