@@ -74,14 +74,14 @@ def test_train_and_infer_workflows_have_the_model_zoo_properties(dataset: tuple[
     common = dict(meta_file=str(CONFIGS / "metadata.json"), logging_file=str(CONFIGS / "logging.conf"), bundle_root=str(BUNDLE))
     train = ConfigWorkflow(
         config_file=str(CONFIGS / "train.yaml"), workflow_type="train", dataset_dir=str(data), datalist=str(manifest),
-        ckpt_dir=str(tmp_path / "models"), log_dir=str(tmp_path / "logs"), **common,
+        run_dir=str(tmp_path / "run"), **common,
     )  # fmt: skip
     train.initialize()
     assert not train.check_properties()
     assert len(train.train_dataset_data) == json.loads(manifest.read_text())["numTraining"]
     infer = ConfigWorkflow(
         config_file=str(CONFIGS / "inference.yaml"), workflow_type="infer", dataset_dir=str(data / "images"),
-        output_dir=str(tmp_path / "out"), ckpt_path=str(tmp_path / "none.pt"), **common,
+        output_dir=str(tmp_path / "out"), ckpt_path=str(BUNDLE / "models" / "model.pt"), **common,
     )  # fmt: skip
     infer.initialize()
     assert not infer.check_properties()
@@ -108,12 +108,12 @@ def test_both_networks_verify_in_and_out(mixins: list[str]) -> None:
 @pytest.mark.parametrize("mixins", [[], ["label_map.yaml"]], ids=["multi_label", "label_map"])
 def test_train_evaluate_infer_end_to_end(dataset: tuple[Path, Path], tmp_path: Path, mixins: list[str]) -> None:
     data, manifest = dataset
-    paths = dict(dataset_dir=data, datalist=manifest, ckpt_dir=tmp_path / "models", log_dir=tmp_path / "logs", **SMALL)
+    paths = dict(dataset_dir=data, datalist=manifest, run_dir=tmp_path / "run", **SMALL)
     bundle_run(["train.yaml", *mixins], **paths, num_epochs=2, val_interval=1)
-    assert (tmp_path / "models" / "model.pt").is_file()
+    assert (tmp_path / "run" / "model.pt").is_file()
 
     evaluation = tmp_path / "eval"
-    bundle_run(["train.yaml", *mixins, "evaluate.yaml"], **paths, output_dir=evaluation)
+    bundle_run(["train.yaml", *mixins, "evaluate.yaml"], **paths, ckpt_path=tmp_path / "run" / "model.pt", output_dir=evaluation)
     metrics = json.loads((evaluation / "metrics.json").read_text())
     assert set(metrics["classes"]) == set(STRUCTURES)
     assert {"dice", "iou", "hd95"} <= set(metrics["classes"]["heart"])
@@ -128,7 +128,7 @@ def test_train_evaluate_infer_end_to_end(dataset: tuple[Path, Path], tmp_path: P
     out = tmp_path / "out"
     bundle_run(
         ["inference.yaml", *mixins], dataset_dir=data / "images", output_dir=out,
-        ckpt_path=tmp_path / "models" / "model.pt", save_overlay=True, **SMALL,
+        ckpt_path=tmp_path / "run" / "model.pt", save_overlay=True, **SMALL,
     )  # fmt: skip
     stem = "case00"
     expected = {f"{stem}_seg.png", f"{stem}_measurements.json", f"{stem}_overlay.png"} | {

@@ -145,8 +145,7 @@ def test_infer_workflow_properties(infer_inputs: Path, tmp_path: Path) -> None:
         workflow_type="infer",
         bundle_root=str(BUNDLE),
         dataset_dir=str(infer_inputs),
-        # check_properties builds the CheckpointLoader, which loads only when the run starts.
-        ckpt_path=str(tmp_path / "missing" / "model.pt"),
+        ckpt_path=str(BUNDLE / "models" / "model.pt"),
         output_dir=str(tmp_path / "out"),
         device="$torch.device('cpu')",
     )

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -45,14 +47,15 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     generate_dataset(data, n_cases=12, size=96, seed=1)
     manifest = root / "manifest.json"
     write_text(manifest, json.dumps(build_manifest(data, seed=0, val_fraction=0.2, test_fraction=0.2)))
-    paths = {"root": root, "data": data, "manifest": manifest, "models": root / "models", "logs": root / "logs"}
+    run = root / "run"
+    paths = {"root": root, "data": data, "manifest": manifest, "run": run, "models": run, "logs": run / "logs"}
     ok(bundle_run(["train.yaml"], **train_overrides(paths), num_epochs=2, val_interval=1))
     return paths
 
 
 def train_overrides(paths: dict[str, Path]) -> dict[str, object]:
     return dict(
-        dataset_dir=paths["data"], datalist=paths["manifest"], ckpt_dir=paths["models"], log_dir=paths["logs"], **SMALL
+        dataset_dir=paths["data"], datalist=paths["manifest"], run_dir=paths["run"], **SMALL
     )
 
 
@@ -62,19 +65,45 @@ def test_training_writes_best_model_resume_state_and_tensorboard_logs(workspace:
     assert list(workspace["logs"].glob("events.out.tfevents.*"))
 
 
-def test_training_resumes_where_it_stopped(workspace: dict[str, Path]) -> None:
-    result = ok(bundle_run(["train.yaml"], **train_overrides(workspace), num_epochs=3, val_interval=1))
+def test_training_records_its_settings_in_the_run_folder(workspace: dict[str, Path]) -> None:
+    settings = json.loads((workspace["run"] / "run.json").read_text())["settings"]
+    assert settings["num_epochs"] == 2 and settings["datalist"] == str(workspace["manifest"].resolve())
+    assert len(settings["datalist_sha256"]) == 16 and settings["network"]
+
+
+def test_resume_with_other_settings_is_refused(workspace: dict[str, Path]) -> None:
+    before = sorted(p.name for p in workspace["run"].iterdir())
+    result = bundle_run(["train.yaml"], **train_overrides(workspace), num_epochs=3, val_interval=1)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "num_epochs: was 2, now 3" in result.stderr and str(workspace["run"]) in result.stderr
+    assert sorted(p.name for p in workspace["run"].iterdir()) == before
+
+
+def test_killed_run_resumes_where_it_stopped(workspace: dict[str, Path], tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    overrides = {**train_overrides(workspace), "run_dir": run, "num_epochs": 4, "val_interval": 1}
+    proc = subprocess.Popen(bundle_command(["train.yaml"], **overrides), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not list(run.glob("resume_checkpoint_epoch=*.pt")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.kill()  # SIGKILL: no handler runs
+    proc.wait()
+    killed_at = int(latest_checkpoint(str(run)).rsplit("=", 1)[1][:-3])
+    assert killed_at < 4, "the run finished before it could be killed"
+    result = ok(bundle_run(["train.yaml"], **overrides))
     log = result.stdout + result.stderr
     assert "Restored all variables" in log
-    assert "resuming from iteration" in log and "epoch 2 until 3 epochs" in log
-    assert latest_checkpoint(str(workspace["models"])).endswith("resume_checkpoint_epoch=3.pt")
+    trained = [int(n) for n in re.findall(r"SupervisedTrainer - INFO - Epoch\[(\d+)\] Complete", log)]
+    assert trained == list(range(killed_at + 1, 5))  # only the epochs after the kill
     # The resumed run's saver does not know the file it started from; the pruner does.
-    assert [p.name for p in workspace["models"].glob("resume_*")] == ["resume_checkpoint_epoch=3.pt"]
+    assert [p.name for p in run.glob("resume_*")] == ["resume_checkpoint_epoch=4.pt"]
 
 
 def test_evaluation_writes_metrics_collage_and_curves(workspace: dict[str, Path]) -> None:
-    out = workspace["root"] / "eval"
-    ok(bundle_run(["train.yaml", "evaluate.yaml"], **train_overrides(workspace), output_dir=out))
+    out = workspace["run"] / "eval"  # the default: the eval folder of the model's run
+    ok(bundle_run(["train.yaml", "evaluate.yaml"], **train_overrides(workspace),
+                  ckpt_path=workspace["run"] / "model.pt"))
     metrics = json.loads((out / "metrics.json").read_text())
     test_cases = json.loads(workspace["manifest"].read_text())["testing"]
     assert metrics["num_cases"] == len(test_cases)
@@ -136,7 +165,7 @@ def test_inference_bad_input_is_one_clear_error_and_writes_nothing(
 
 def test_training_with_wrong_dataset_dir_is_one_clear_error(workspace: dict[str, Path], tmp_path: Path) -> None:
     wrong = tmp_path / "nowhere"
-    result = bundle_run(["train.yaml"], **{**train_overrides(workspace), "dataset_dir": wrong, "ckpt_dir": tmp_path})
+    result = bundle_run(["train.yaml"], **{**train_overrides(workspace), "dataset_dir": wrong, "run_dir": tmp_path})
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert str(wrong) in result.stderr and "--dataset_dir" in result.stderr

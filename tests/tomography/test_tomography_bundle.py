@@ -49,7 +49,7 @@ def test_train_and_infer_workflows_have_the_model_zoo_properties(dataset: tuple[
     common = dict(meta_file=str(CONFIGS / "metadata.json"), logging_file=str(CONFIGS / "logging.conf"), bundle_root=str(BUNDLE))
     train = ConfigWorkflow(
         config_file=str(CONFIGS / "train.yaml"), workflow_type="train", dataset_dir=str(data), datalist=str(manifest),
-        ckpt_dir=str(tmp_path / "models"), log_dir=str(tmp_path / "logs"), label_values=[0, 1, 2], **common,
+        run_dir=str(tmp_path / "run"), label_values=[0, 1, 2], **common,
     )  # fmt: skip
     train.initialize()
     assert not train.check_properties()
@@ -92,13 +92,13 @@ def test_inference_config_repeats_the_training_network_and_intensity_settings() 
 def test_train_evaluate_infer_end_to_end(dataset: tuple[Path, Path], tmp_path: Path, mixins: list[str]) -> None:
     data, manifest = dataset
     tiny = dict(TINY, patch_size=[1, 32, 32], slice_roi=[32, 32]) if mixins else TINY
-    paths = dict(dataset_dir=data, datalist=manifest, ckpt_dir=tmp_path / "models", log_dir=tmp_path / "logs", **tiny)
+    paths = dict(dataset_dir=data, datalist=manifest, run_dir=tmp_path / "run", **tiny)
     bundle_run(["train.yaml", *mixins], **paths, num_epochs=2, val_interval=1, time_limit_s=900)
-    assert (tmp_path / "models" / "model.pt").is_file()
-    assert any((tmp_path / "logs").glob("events.out.tfevents.*"))
+    assert (tmp_path / "run" / "model.pt").is_file()
+    assert any((tmp_path / "run" / "logs").glob("events.out.tfevents.*"))
 
     evaluation = tmp_path / "eval"
-    bundle_run(["train.yaml", *mixins, "evaluate.yaml"], **paths, output_dir=evaluation, collage_slices=3)
+    bundle_run(["train.yaml", *mixins, "evaluate.yaml"], **paths, ckpt_path=tmp_path / "run" / "model.pt", output_dir=evaluation, collage_slices=3)
     metrics = json.loads((evaluation / "metrics.json").read_text())
     assert set(metrics["classes"]) == set(CLASSES)
     assert {"dice", "iou", "accuracy", "precision", "recall", "f1", "hd95"} <= set(metrics["classes"]["nickel"])
@@ -116,7 +116,7 @@ def test_train_evaluate_infer_end_to_end(dataset: tuple[Path, Path], tmp_path: P
     tifffile.imwrite(inputs / "stack.tif", image)
     (inputs / "slices").symlink_to(data / "images")
     out = tmp_path / "out"
-    bundle_run(["inference.yaml"], dataset_dir=inputs, output_dir=out, ckpt_path=tmp_path / "models" / "model.pt",
+    bundle_run(["inference.yaml"], dataset_dir=inputs, output_dir=out, ckpt_path=tmp_path / "run" / "model.pt",
                patch_size=TINY["patch_size"], slab_depth=8, halo=4)
     assert sorted(p.name for p in out.iterdir()) == ["slices_seg", "stack_seg.tif"]
     a, _ = read_volume(out / "stack_seg.tif")

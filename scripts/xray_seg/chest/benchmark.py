@@ -72,8 +72,8 @@ def measure_training(n_images: int, epochs: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         manifest = _synthetic_dataset(Path(tmp) / "data", n_images)
         workflow = _workflow(
-            ["train.yaml"], dataset_dir=str(Path(tmp) / "data"), datalist=str(manifest), ckpt_dir=f"{tmp}/models",
-            log_dir=f"{tmp}/logs", num_epochs=epochs, val_interval=10_000, resume=False,
+            ["train.yaml"], dataset_dir=str(Path(tmp) / "data"), datalist=str(manifest), run_dir=f"{tmp}/run",
+            num_epochs=epochs, val_interval=10_000, resume=False,
         )  # fmt: skip
         trainer = workflow.trainer
         times: list[float] = []

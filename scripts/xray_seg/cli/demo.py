@@ -61,9 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     work = args.workdir.resolve()
-    data_dir, models, logs, evaluation, masks_out = (
-        work / "data", work / "models", work / "logs", work / "eval", work / "inference",
-    )  # fmt: skip
+    data_dir, run, masks_out = work / "data", work / "run", work / "inference"
+    evaluation = run / "eval"
     manifest = work / "manifest.json"
 
     print(f"== generating {args.cases} synthetic radiographs in {data_dir}", flush=True)
@@ -74,11 +73,11 @@ def main(argv: list[str] | None = None) -> int:
           f"{datalist['numValidation']} validation, {datalist['numTest']} test cases", flush=True)
 
     common = dict(
-        dataset_dir=data_dir, datalist=manifest, ckpt_dir=models, log_dir=logs,
+        dataset_dir=data_dir, datalist=manifest, run_dir=run,
         image_size=args.image_size, roi_size=[args.image_size] * 2,
     )  # fmt: skip
     run_step("train", bundle_command(["train.yaml"], **common, num_epochs=args.epochs, val_interval=2, resume=False))
-    run_step("evaluate", bundle_command(["train.yaml", "evaluate.yaml"], **common, output_dir=evaluation))
+    run_step("evaluate", bundle_command(["train.yaml", "evaluate.yaml"], **common, ckpt_path=run / "model.pt"))
 
     test_images = work / "test_images"
     test_images.mkdir(exist_ok=True)
@@ -90,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         "inference",
         bundle_command(
             ["inference.yaml"],
-            dataset_dir=test_images, output_dir=masks_out, ckpt_path=models / "model.pt",
+            dataset_dir=test_images, output_dir=masks_out, ckpt_path=run / "model.pt",
             image_size=args.image_size, roi_size=[args.image_size] * 2, save_overlay=True,
         ),  # fmt: skip
     )
@@ -103,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         f"  collage:   {evaluation / 'collage.png'}\n"
         f"  curves:    {evaluation / 'training_curves.png'}\n"
         f"  masks:     {masks_out}  (*_seg.png, *_overlay.png)\n"
-        f"  TensorBoard: tensorboard --logdir {logs}"
+        f"  TensorBoard: tensorboard --logdir {run / 'logs'}"
     )
     return 0
 

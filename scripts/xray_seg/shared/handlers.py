@@ -220,12 +220,22 @@ class SegmentationReport:
         json_path, csv_path = write_report(self.output_dir, summary, per_case)
         collage = save_collage(self.pictures, self.output_dir / "collage.png", max_rows=self.collage_rows)
         logger.info("mean Dice %.4f over %d cases; wrote %s, %s, %s", summary["mean_dice"], len(self.names), json_path, csv_path, collage)
-        if self.log_dir and Path(self.log_dir).is_dir():
-            try:
-                curves = plot_training_curves(self.log_dir, self.output_dir / "training_curves.png")
-                logger.info("wrote training curves (%d epochs) to %s", len(curves["loss"]), self.output_dir / "training_curves.png")
-            except (FileNotFoundError, ValueError) as err:
-                logger.warning("no training curves: %s", err)
+        self.write_curves()
+
+    def write_curves(self) -> None:
+        """``training_curves.png`` from the evaluated model's own run, or a note that there is none
+        (never the curves of another run: a stale picture from an earlier evaluation is removed)."""
+        path = self.output_dir / "training_curves.png"
+        path.unlink(missing_ok=True)
+        if not (self.log_dir and Path(self.log_dir).is_dir()):
+            logger.info("no training curves: the evaluated model has no run folder with TensorBoard logs "
+                        "(shipped models are trained elsewhere; see the model card)")
+            return
+        try:
+            curves = plot_training_curves(self.log_dir, path)
+            logger.info("wrote training curves (%d epochs) to %s", len(curves["loss"]), path)
+        except (FileNotFoundError, ValueError) as err:
+            logger.warning("no training curves: %s", err)
 
 
 class TensorBoardOverlay:

@@ -9,18 +9,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from xray_seg.shared.errors import fail, or_exit
 from xray_seg.shared.image_checks import check_readable, image_stem, list_image_files
-from xray_seg.shared.errors import or_exit
 from xray_seg.shared.splits import load_split
+
 
 def cases(manifest: str, dataset_dir: str, split: str, fold: int | None = None) -> list[dict]:
     """Items of one split of a data manifest, with paths under ``dataset_dir``."""
     return or_exit(lambda: load_split(manifest, dataset_dir, split, fold))
 
 
-def images_in(folder: str) -> list[dict]:
+def images_in(folder: str | None) -> list[dict]:
     """Every supported image in ``folder`` as ``{"image": path}``, all decoded once up front
     so that an unreadable file stops the run before any mask is written."""
+
+    if not folder:
+        fail("no input folder: pass --dataset_dir IN (the folder of images to segment)")
 
     def scan() -> list[dict]:
         paths = list_image_files(folder)
@@ -44,3 +48,27 @@ def _check_unique_stems(paths: list[Path]) -> None:
 
 def staging_dir(output_dir: str) -> str:
     return str(Path(output_dir) / ".partial")
+
+
+def check_device(device: object) -> None:
+    """Refuse a CUDA device on a machine without one, before any work (``--device cuda``)."""
+    import torch
+
+    name = str(device)
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            fail(f"--device {name}: CUDA is not available on this machine (no GPU or a CPU-only torch build); "
+                 "use --device cpu or leave --device out")
+        index = torch.device(name).index
+        if index is not None and index >= torch.cuda.device_count():
+            fail(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif name not in ("cpu", "mps") and not name.startswith(("cpu:", "mps:")):
+        fail(f"--device {name}: unknown device; use cpu or cuda[:N]")
+
+
+def checkpoint(path: str) -> str:
+    """``path`` when it is a checkpoint file; else one ``ERROR:`` line, before anything is written."""
+    if not Path(path).is_file():
+        fail(f"{path}: checkpoint not found; pass --ckpt_path to a model.pt "
+             "(a training run writes runs/<bundle>/<run_name>/model.pt)")
+    return path

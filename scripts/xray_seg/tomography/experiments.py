@@ -93,7 +93,7 @@ def run_arm(arm: dict, workdir: Path, dataset_dir: str | None) -> dict:
     done = folder / "result.json"
     if done.exists():
         return json.loads(done.read_text())
-    common = {"ckpt_dir": folder / "models", "log_dir": folder / "logs"}
+    common = {"run_dir": folder / "run"}
     if dataset_dir:
         common["dataset_dir"] = dataset_dir
     if "slices" in arm:
@@ -106,6 +106,7 @@ def run_arm(arm: dict, workdir: Path, dataset_dir: str | None) -> dict:
     for condition, noise in (("clean", 0.0), ("noisy", NOISE_STD)):
         out = folder / f"eval_{condition}"
         cmd = bundle_command(["train.yaml", *arm["configs"], "evaluate.yaml"], bundle=BUNDLE, output_dir=out,
+                             ckpt_path=folder / "run" / "model.pt",
                              val_noise_std=noise, baseline=condition == "clean", **common)
         _run(cmd, folder / f"eval_{condition}.log")
         metrics = json.loads((out / "metrics.json").read_text())

@@ -27,7 +27,7 @@ import torch
 from ignite.engine import Engine, Events, State
 from tqdm import tqdm
 
-from xray_seg.shared.errors import or_exit
+from xray_seg.shared.errors import fail, or_exit
 from xray_seg.tomography.transforms import intensity_range, scale
 from xray_seg.tomography.volume_io import SlabReader, SlabWriter, VolumeError, is_volume_file, output_path
 
@@ -99,6 +99,9 @@ def volume_items(dataset_dir: str) -> list[dict]:
     """``{"image": path}`` for every volume of ``dataset_dir``, each opened and checked
     up front, so a bad file stops the run (one ``ERROR:`` line, exit status 2)
     before anything is written."""
+    if not dataset_dir:
+        fail("no input folder: pass --dataset_dir IN (volumes, slice folders or DICOM series to segment)")
+
     def scan() -> list[Path]:
         volumes = find_volumes(dataset_dir)
         for path in volumes:
