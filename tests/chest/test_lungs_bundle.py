@@ -200,17 +200,9 @@ def test_monai_label_ids_exist_in_train_config(train_parser: ConfigParser, confi
     assert train_parser.get(config_id) is not None
 
 
-def test_train_and_inference_configs_agree(train_parser: ConfigParser, infer_parser: ConfigParser) -> None:
-    """The configs repeat the network and preprocessing ("keep the two in step")."""
-    for key in ("network_def", "network", "image_size", "roi_size", "num_classes", "inferer"):
-        assert train_parser[key] == infer_parser[key], key
-    infer_steps = {step["_target_"]: step for step in infer_parser["preprocessing"]["transforms"]}
-    train_steps = {step["_target_"]: step for step in train_parser["load_image"]}
-    assert infer_steps["LoadImaged"]["reader"] == train_steps["LoadImaged"]["reader"]
-    scale = dict(infer_steps["ScaleIntensityRangePercentilesd"])
-    assert scale == train_steps["ScaleIntensityRangePercentilesd"]
-    assert infer_steps["Resized"] == train_parser["resize_image"]
-    # And the network matches what metadata.json says it takes and gives.
+def test_network_matches_the_metadata(train_parser: ConfigParser) -> None:
+    """metadata.json says what the network takes and gives (train and inference agreement:
+    tests/shared/test_config_agreement.py)."""
     inputs = train_parser["_meta_#network_data_format#inputs#image"]
     outputs = train_parser["_meta_#network_data_format#outputs#pred"]
     assert train_parser["network_def#in_channels"] == inputs["num_channels"]

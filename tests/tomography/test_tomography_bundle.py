@@ -77,16 +77,6 @@ def test_networks_verify_in_and_out(mixins: list[str], shape: tuple[int, ...]) -
     assert net(torch.zeros(shape)).shape == (1, 3, *shape[2:])
 
 
-def test_inference_config_repeats_the_training_network_and_intensity_settings() -> None:
-    train, infer = ConfigParser(), ConfigParser()
-    train.read_config(str(CONFIGS / "train.yaml"))
-    infer.read_config(str(CONFIGS / "inference.yaml"))
-    for key in ("num_classes", "intensity_lower", "intensity_upper", "patch_size"):
-        assert infer.get(key) == train.get(key), key
-    shapes = [{k: v.shape for k, v in p.get_parsed_content("network_def").state_dict().items()} for p in (train, infer)]
-    assert shapes[0] == shapes[1]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("mixins", [[], ["slicewise.yaml"]], ids=["3d", "slicewise"])
 def test_train_evaluate_infer_end_to_end(dataset: tuple[Path, Path], tmp_path: Path, mixins: list[str]) -> None:
