@@ -6,6 +6,7 @@ tmp_path, and the shipped model file is only read.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 from pathlib import Path
@@ -225,6 +226,8 @@ def test_metadata_has_the_bundle_keys(bundle: str) -> None:
                 "description", "authors", "copyright", "schema"):
         assert isinstance(metadata[key], str) and metadata[key], key
     assert isinstance(metadata["required_packages_version"], dict)
+    # The bundle's configs import xray_seg: the package and its version are declared.
+    assert metadata["optional_packages_version"] == {"xray-seg": importlib.metadata.version("xray-seg")}
     assert metadata["version"] in metadata.get("changelog", {metadata["version"]: ""})
     fmt = metadata["network_data_format"]
     assert set(fmt) >= {"inputs", "outputs"}
