@@ -315,3 +315,19 @@ def test_write_report_round_trip(tmp_path) -> None:
         rows = list(csv.reader(f))
     assert rows == [["case", "dice", "hd95"], ["a", "0.123457", ""], ["b", "", "3.5"]]
     assert not list((tmp_path / "out").glob("*.partial*"))
+
+
+def test_report_curves_come_from_the_models_own_run_or_none(tmp_path) -> None:
+    """Evaluation never shows the curves of another run: without logs of the evaluated model's
+    run, a training_curves.png left by an earlier evaluation is removed, not kept."""
+    from xray_seg.shared.handlers import SegmentationReport
+
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / "training_curves.png").write_bytes(b"stale picture of another run")
+    SegmentationReport(str(out), ["background", "lung"], log_dir=None).write_curves()
+    assert not (out / "training_curves.png").exists()
+    logs = tmp_path / "logs"
+    _write_scalars(logs, {"train_loss": [(1, 0.9), (2, 0.5)], "val_mean_dice": [(2, 0.7)]})
+    SegmentationReport(str(out), ["background", "lung"], log_dir=str(logs)).write_curves()
+    assert (out / "training_curves.png").stat().st_size > 1000
