@@ -99,3 +99,15 @@ def test_training_run_wiring_is_identical_across_bundles() -> None:
     assert all(c == common[0] for c in common)
     for bundle, run in runs.items():  # what a resume checks names the data and the schedule
         assert {"num_epochs", "learning_rate", "datalist", "dataset_dir", "seed"} <= set(run["settings"]), bundle
+
+
+def test_the_distributed_mixin_is_the_same_in_every_bundle() -> None:
+    texts = {bundle: (BUNDLES / bundle / "configs" / "multi_gpu_train.yaml").read_text().replace(bundle, "BUNDLE")
+             for bundle in VARIANTS}
+    assert len(set(texts.values())) == 1
+    for bundle in VARIANTS:  # and it applies to each train.yaml: the ids it sets exist there
+        train, mixin = parser(bundle, "train.yaml"), ConfigParser()
+        mixin.read_config(str(BUNDLES / bundle / "configs" / "multi_gpu_train.yaml"))
+        for key in mixin.config:
+            if "#" in key and not key.endswith("sampler"):
+                assert key in train, (bundle, key)

@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from xray_seg.shared.atomic import write_text
 from xray_seg.shared.errors import UserError
 from xray_seg.shared.paths import RUNS
@@ -26,8 +28,12 @@ LOGS = "logs"
 
 
 def timestamp() -> str:
-    """The default run name: the local start time, e.g. ``20261201-053012``."""
-    return time.strftime("%Y%m%d-%H%M%S")
+    """The default run name: the local start time, e.g. ``20261201-053012``; in a
+    distributed run, rank 0's, so that every rank writes into the same folder."""
+    stamp = [time.strftime("%Y%m%d-%H%M%S")]
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.broadcast_object_list(stamp, src=0)
+    return stamp[0]
 
 
 def bundle_name(bundle_root: str) -> str:
@@ -82,8 +88,9 @@ def settings_mismatch(recorded: dict[str, Any], current: dict[str, Any]) -> list
     ]
 
 
-def record_settings(folder: str, settings: dict[str, Any], resuming: bool) -> None:
-    """Write ``run.json`` for a new (or restarted) run; when ``resuming``, insist on the same settings."""
+def record_settings(folder: str, settings: dict[str, Any], resuming: bool, write: bool = True) -> None:
+    """Write ``run.json`` for a new (or restarted) run; when ``resuming``, insist on the same settings.
+    ``write=False``: only check (the ranks of a distributed run other than 0)."""
     path = Path(folder) / RUN_FILE
     current = to_jsonable(settings)
     if resuming and path.is_file():
@@ -96,4 +103,6 @@ def record_settings(folder: str, settings: dict[str, Any], resuming: bool) -> No
                 "or start this one over with --resume false"
             )
         return
-    write_text(path, json.dumps({"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "settings": current}, indent=2) + "\n")
+    if write:
+        write_text(path, json.dumps({"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "settings": current}, indent=2)
+                   + "\n")

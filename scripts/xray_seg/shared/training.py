@@ -28,6 +28,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver, EarlyStopping, TimeLimit
@@ -102,7 +103,8 @@ class TrainingRun:
             raise UserError(f"{self.ckpt_dir}: checkpoint folder is a file")
         resume_from = latest_checkpoint(str(self.run_dir)) if self.resume else None
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        runs.record_settings(str(self.run_dir), self.full_settings(), resuming=resume_from is not None)
+        rank0 = idist.get_rank() == 0  # checkpoints and run.json: rank 0 of a distributed run writes
+        runs.record_settings(str(self.run_dir), self.full_settings(), resuming=resume_from is not None, write=rank0)
 
         # ignite's Checkpoint with atomic disk writes. MONAI's CheckpointSaver writes in place
         # (atomic=False) and, for a fixed file name, deletes the old best model before
@@ -129,7 +131,8 @@ class TrainingRun:
             filename_pattern="{filename_prefix}_checkpoint_epoch={global_step}.{ext}",
         )
         trainer.add_event_handler(Events.EPOCH_COMPLETED, resume_saver)
-        PruneOlderCheckpoints(str(self.run_dir), prefix=RESUME).attach(trainer)
+        if rank0:
+            PruneOlderCheckpoints(str(self.run_dir), prefix=RESUME).attach(trainer)
 
         if self.init_weights and resume_from is None:
             if not Path(self.init_weights).is_file():

@@ -1,0 +1,119 @@
+"""Data-parallel training with torchrun on the CPU (gloo): 2 processes on one machine, and
+2 "nodes" of 1 process each meeting over loopback. The ranks must end with identical
+weights, rank 0 alone writes the run folder, the best model loads into the inference
+network, and validation Dice agrees with a one-process run of the same global batch."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from monai.bundle import ConfigParser
+
+from xray_seg.chest.manifest import build_manifest
+from xray_seg.shared.atomic import write_text
+from xray_seg.shared.paths import BUNDLES
+from xray_seg.synthetic.cxr import generate_dataset
+
+pytestmark = pytest.mark.slow
+
+BUNDLE = BUNDLES / "cxr_lungs"
+CONFIGS = BUNDLE / "configs"
+SMALL = {"image_size": 64, "roi_size": [64, 64], "num_workers": 0, "num_epochs": 8, "val_interval": 1,
+         "learning_rate": 0.003}
+# Per-rank batch norm statistics (2 images per rank instead of 4) and per-rank
+# augmentation streams make the two runs differ; 8 epochs on 7 tiny training images
+# leave both far from converged, so the agreement asked of them is coarse.
+DICE_TOLERANCE = 0.1
+# A test-only mix-in: every rank saves its own weights at the end.
+SAVE_RANK_WEIGHTS = """
+finalize:
+  - "$torch.save(@network.module.state_dict(), @run_dir + '/rank' + str(@rank) + '.pt')"
+  - "$torch.distributed.is_initialized() and torch.distributed.destroy_process_group()"
+"""
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("ddp")
+    generate_dataset(root / "data", n_cases=12, size=96, seed=1)
+    write_text(root / "manifest.json", json.dumps(build_manifest(root / "data", seed=0, val_fraction=0.2,
+                                                                 test_fraction=0.2)))
+    (root / "save_ranks.yaml").write_text(SAVE_RANK_WEIGHTS)
+    return {"root": root, "data": root / "data", "manifest": root / "manifest.json", "mixin": root / "save_ranks.yaml"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def bundle_args(configs: list[str], run_dir: Path, data: dict[str, Path], batch_size: int,
+                **overrides: object) -> list[str]:
+    args = ["-m", "monai.bundle", "run", "--bundle_root", str(BUNDLE), "--config_file", repr(configs),
+            "--meta_file", str(CONFIGS / "metadata.json"), "--logging_file", str(CONFIGS / "logging.conf"),
+            "--dataset_dir", str(data["data"]), "--datalist", str(data["manifest"]), "--run_dir", str(run_dir),
+            "--batch_size", str(batch_size)]
+    for key, value in {**SMALL, **overrides}.items():
+        args += [f"--{key}", str(value).replace(" ", "")]
+    return args
+
+
+def distributed_configs(data: dict[str, Path]) -> list[str]:
+    return [str(CONFIGS / "train.yaml"), str(CONFIGS / "multi_gpu_train.yaml"), str(data["mixin"])]
+
+
+def last_val_dice(log: str) -> float:
+    return float(re.findall(r"Metrics -- val_mean_dice: ([0-9.]+)", log)[-1])
+
+
+def check(result: subprocess.CompletedProcess) -> str:
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-4000:]
+    return log
+
+
+def check_ranks(run_dir: Path, epochs: int) -> None:
+    weights = [torch.load(run_dir / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])  # gradients were averaged
+    # Rank 0 alone wrote the run folder: one resume file, one run.json, one best model.
+    assert sorted(p.name for p in run_dir.glob("resume_*")) == [f"resume_checkpoint_epoch={epochs}.pt"]
+    infer = ConfigParser()
+    infer.read_config(str(CONFIGS / "inference.yaml"))
+    infer["device"] = "$torch.device('cpu')"
+    infer.get_parsed_content("network_def").load_state_dict(torch.load(run_dir / "model.pt", weights_only=True))
+
+
+def test_two_processes_train_like_one_with_the_same_global_batch(data: dict[str, Path], tmp_path: Path) -> None:
+    ddp = check(subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         *bundle_args(distributed_configs(data), tmp_path / "ddp", data, batch_size=2)],
+        capture_output=True, text=True, timeout=600))
+    check_ranks(tmp_path / "ddp", SMALL["num_epochs"])
+    single = check(subprocess.run(
+        [sys.executable, *bundle_args([str(CONFIGS / "train.yaml")], tmp_path / "one", data, batch_size=4)],
+        capture_output=True, text=True, timeout=600))
+    assert abs(last_val_dice(ddp) - last_val_dice(single)) <= DICE_TOLERANCE, (last_val_dice(ddp),
+                                                                               last_val_dice(single))
+
+
+def test_two_nodes_meet_over_loopback(data: dict[str, Path], tmp_path: Path) -> None:
+    endpoint = f"127.0.0.1:{free_port()}"
+    nodes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+             "--node_rank", str(rank), "--rdzv_backend", "c10d", "--rdzv_endpoint", endpoint, "--rdzv_id", "xray",
+             *bundle_args(distributed_configs(data), tmp_path / "run", data, batch_size=2, num_epochs=2)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for rank in (0, 1)
+    ]
+    logs = [node.communicate(timeout=600)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+    check_ranks(tmp_path / "run", 2)
