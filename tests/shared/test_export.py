@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import importlib.util
 import json
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
-from xray_seg.shared.errors import UserError
+from xray_seg.shared.errors import UserError, or_exit
 from xray_seg.shared.export import BUNDLE_NAMES, FORMATS, export_bundle
 from xray_seg.shared.paths import BUNDLES, MANIFESTS
 from xray_seg.tomography.transforms import intensity_range, scale
@@ -143,7 +144,16 @@ def test_onnx_input_and_output_have_free_batch_and_spatial_axes(exported) -> Non
     assert dims == ["batch", 1, "depth", "height", "width"]
 
 
-def test_export_refuses_bad_requests_and_writes_nothing(tmp_path: Path) -> None:
+def test_onnx_export_without_onnx_installed_says_which_extra(tmp_path: Path, monkeypatch) -> None:
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == "onnxscript" else find_spec(name, *args))
+    with pytest.raises(UserError, match=r"ONNX export needs onnxscript: pip install 'xray-seg\[export\]'"):
+        export_bundle("cxr_lungs", "onnx", tmp_path / "model.onnx")
+    assert not any(tmp_path.iterdir())
+
+
+def test_export_refuses_bad_requests_and_writes_nothing(tmp_path: Path, capsys) -> None:
     out = tmp_path / "model.ts"
     not_a_ckpt = tmp_path / "notes.pt"
     not_a_ckpt.write_text("not weights")
@@ -166,4 +176,9 @@ def test_export_refuses_bad_requests_and_writes_nothing(tmp_path: Path) -> None:
         with pytest.raises(UserError, match=message.replace(".", r"\.")):
             export_bundle(**{"output_file": out, **kwargs})
     assert sorted(tmp_path.rglob("*")) == before
+    # Through the one bad-input rule, as the command line calls it: one ERROR line, exit status 2.
+    with pytest.raises(SystemExit) as exit_info:
+        or_exit(lambda: export_bundle("cxr_lungs", "onnx", out, ckpt_path=not_a_ckpt))
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.count("\n") == 1
     assert not (BUNDLES / "cxr_lungs" / "models" / "model.ts").exists()

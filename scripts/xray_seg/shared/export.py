@@ -14,6 +14,7 @@ network's total stride (16 for the 2D UNets, 8 for the 3D one).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -57,22 +58,23 @@ def _checked_output(output_file: str | os.PathLike, ckpt: Path) -> Path:
     return out
 
 
-def _key_in_ckpt(ckpt: Path, net_id_config: Path) -> str:
-    """Check that the checkpoint fits the bundle's network; the key of its weights ("" when bare)."""
+def _checked_checkpoint(ckpt: Path, config: Path) -> str:
+    """Check that ``ckpt`` fits the network of ``config``; return the key of its weights:
+    "model" in a training checkpoint ({"model": ..., "optimizer": ...}), "" for bare weights."""
     import torch
     from monai.bundle import ConfigParser
 
     try:
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle, zip and torch errors all mean "not a checkpoint"
-        raise UserError(f"checkpoint {ckpt} cannot be read as PyTorch weights: {e}") from e
+        raise UserError(f"checkpoint {ckpt} cannot be read as PyTorch weights: {str(e).splitlines()[0]}") from e
     key = "model" if isinstance(state, dict) and isinstance(state.get("model"), dict) else ""
     parser = ConfigParser()
-    parser.read_config(net_id_config)
+    parser.read_config(config)
     try:
         parser.get_parsed_content(NET_ID).load_state_dict(state[key] if key else state)
     except (RuntimeError, TypeError, AttributeError) as e:
-        raise UserError(f"checkpoint {ckpt} does not fit the network of {net_id_config}: "
+        raise UserError(f"checkpoint {ckpt} does not fit the network of {config}: "
                         f"{str(e).splitlines()[0]}") from e
     return key
 
@@ -91,7 +93,8 @@ def _onnx(tmp: Path, ckpt: Path, key: str, config: Path, meta_file: Path) -> Non
     from torch.export import Dim
 
     shape, ndim = _input_shape(meta_file)
-    axes = {0: Dim("batch")} | {1 + i: Dim(n) for i, n in enumerate(("depth", "height", "width")[3 - ndim:], 1)}
+    spatial = ("depth", "height", "width")[3 - ndim:]
+    axes = {0: Dim("batch"), **{2 + i: Dim(name) for i, name in enumerate(spatial)}}  # channel axis fixed
     onnx_export(
         net_id=NET_ID, filepath=str(tmp), ckpt_file=str(ckpt), meta_file=str(meta_file), config_file=str(config),
         key_in_ckpt=key, input_shape=shape,
@@ -102,9 +105,8 @@ def _onnx(tmp: Path, ckpt: Path, key: str, config: Path, meta_file: Path) -> Non
                           "external_data": False, "dynamic_shapes": (axes,), "verbose": False},
     )
     model = onnx.load(str(tmp))
-    embedded = {METADATA_KEY: ConfigParser.load_config_file(meta_file), CONFIG_KEY: ConfigParser.load_config_file(config)}
-    for name, content in embedded.items():
-        model.metadata_props.add(key=name, value=json.dumps(content))
+    for name, path in ((METADATA_KEY, meta_file), (CONFIG_KEY, config)):  # as JSON, as ckpt_export stores them
+        model.metadata_props.add(key=name, value=json.dumps(ConfigParser.load_config_file(path)))
     onnx.save(model, str(tmp))
 
 
@@ -119,12 +121,15 @@ def export_bundle(bundle: str | os.PathLike, fmt: str, output_file: str | os.Pat
     root = bundle_dir(bundle)
     if fmt not in FORMATS:
         raise UserError(f"unknown export format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    missing = [m for m in ("onnx", "onnxscript") if fmt == "onnx" and importlib.util.find_spec(m) is None]
+    if missing:
+        raise UserError(f"ONNX export needs {' and '.join(missing)}: pip install 'xray-seg[export]'")
     ckpt = Path(ckpt_path) if ckpt_path is not None else root / "models" / "model.pt"
     if not ckpt.is_file():
         raise UserError(f"checkpoint {ckpt} not found")
     out = _checked_output(output_file, ckpt)
     config, meta_file = root / "configs" / CONFIG, root / "configs" / "metadata.json"
-    key = _key_in_ckpt(ckpt, config)
+    key = _checked_checkpoint(ckpt, config)
     try:
         with atomic_path(out) as tmp:
             if fmt == "torchscript":
