@@ -226,8 +226,10 @@ def test_metadata_has_the_bundle_keys(bundle: str) -> None:
                 "description", "authors", "copyright", "schema"):
         assert isinstance(metadata[key], str) and metadata[key], key
     assert isinstance(metadata["required_packages_version"], dict)
-    # The bundle's configs import xray_seg: the package and its version are declared.
-    assert metadata["optional_packages_version"] == {"xray-seg": importlib.metadata.version("xray-seg")}
+    # The bundle's configs import xray_seg: the package and its version are declared
+    # (MONAI 1.6 reads the older optional_packages_version as required_packages_version).
+    assert metadata["required_packages_version"]["xray-seg"] == importlib.metadata.version("xray-seg")
+    assert "optional_packages_version" not in metadata
     assert metadata["version"] in metadata.get("changelog", {metadata["version"]: ""})
     fmt = metadata["network_data_format"]
     assert set(fmt) >= {"inputs", "outputs"}
