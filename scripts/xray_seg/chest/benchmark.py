@@ -150,7 +150,8 @@ def _child(phase: str, n_images: int, epochs: int, dataset_dir: Path) -> dict:
     print(f"-- {phase} ...", flush=True)
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"benchmark phase {phase} failed:\n{proc.stderr[-4000:]}")
+        sys.stderr.write(proc.stderr[-4000:])
+        raise SystemExit(f"ERROR: benchmark phase {phase} failed (exit status {proc.returncode}); its output is above")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     print(f"   {json.dumps(result)}", flush=True)
     return result
