@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from xray_seg.shared.image_checks import ImageReadError, check_readable, list_image_files
-from xray_seg.chest.manifest import build_manifest, main, mask_value_problem
+from xray_seg.chest.manifest import build_manifest, mask_value_problem
+from xray_seg.cli.main import main as cli
 from xray_seg.shared.splits import SPLITS, ManifestError, load_split
 
 SIZE = 32
@@ -39,6 +40,11 @@ def make_dataset(root: Path, n: int = 20) -> Path:
         _save(root / "images" / name, rng.integers(0, 256, (SIZE, SIZE), dtype=np.uint8))
         _save(root / "masks" / name, _mask(i))
     return root
+
+
+def build(args: list) -> int:
+    """``xray-seg manifest images --dataset_dir DATASET ...``: its exit status."""
+    return cli(["manifest", "images", "--dataset_dir", *map(str, args)])
 
 
 def _images(manifest: dict, split: str) -> list[str]:
@@ -80,7 +86,7 @@ def test_folds_cover_training_and_leave_validation_empty(tmp_path: Path) -> None
 def test_load_split_selects_folds(tmp_path: Path) -> None:
     dataset = make_dataset(tmp_path / "data")
     out = tmp_path / "kfold.json"
-    assert main([str(dataset), "--out", str(out), "--folds", "4"]) == 0
+    assert build([dataset, "--output_file", out, "--folds", "4"]) == 0
     train, val = load_split(out, dataset, "training", fold=1), load_split(out, dataset, "validation", fold=1)
     assert {item["fold"] for item in val} == {1} and 1 not in {item["fold"] for item in train}
     assert len(train) + len(val) == json.loads(out.read_text())["numTraining"]
@@ -95,7 +101,7 @@ def test_load_split_selects_folds(tmp_path: Path) -> None:
 def test_load_split_errors_name_the_manifest(tmp_path: Path) -> None:
     dataset = make_dataset(tmp_path / "data")
     out = tmp_path / "plain.json"
-    assert main([str(dataset), "--out", str(out)]) == 0
+    assert build([dataset, "--output_file", out]) == 0
     assert len(load_split(out, dataset, "validation")) == 2
     for kwargs in ({"split": "train"}, {"split": "training", "fold": 0}):
         with pytest.raises(ValueError, match="plain.json"):
@@ -163,7 +169,7 @@ def test_bad_folder_reports_every_problem_and_writes_nothing(tmp_path: Path, cap
     assert all(sum(name in line for line in lines) == 1 for name in bad)
 
     out = tmp_path / "out.json"
-    assert main([str(dataset), "--out", str(out)]) == 2
+    assert build([dataset, "--output_file", out]) == 2
     stderr = capsys.readouterr().err
     assert all(name in stderr for name in bad) and "Traceback" not in stderr
     assert not out.exists() and list(tmp_path.iterdir()) == [dataset]
@@ -258,7 +264,7 @@ def test_structures_cli_and_load_split_with_label_lists(tmp_path: Path) -> None:
     dataset = make_structure_dataset(tmp_path / "data")
     out = tmp_path / "multi.json"
     spaced = " right_lung, left_lung,heart,right_clavicle,left_clavicle"  # spaces after commas are forgiven
-    assert main([str(dataset), "--out", str(out), "--structures", spaced]) == 0
+    assert build([dataset, "--output_file", out, "--structures", spaced]) == 0
     assert json.loads(out.read_text())["structures"] == STRUCTURES
     train = load_split(out, dataset, "training")
     assert all(len(item["label"]) == 5 and all(Path(p).is_absolute() and Path(p).is_file() for p in item["label"])
@@ -311,7 +317,7 @@ def test_structure_problems_are_all_reported_once_naming_files(tmp_path: Path, c
     assert "cannot read image" in by_file[str(masks / "left_clavicle" / "JPCLN005.png")]
 
     out = tmp_path / "out.json"
-    assert main([str(dataset), "--out", str(out), "--structures", ",".join(STRUCTURES)]) == 2
+    assert build([dataset, "--output_file", out, "--structures", ",".join(STRUCTURES)]) == 2
     stderr = capsys.readouterr().err
     assert all(str(path) in stderr for path in expected) and "Traceback" not in stderr and not out.exists()
 

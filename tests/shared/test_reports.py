@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from xray_seg.shared import figures as visualize
+from xray_seg.cli.main import main as cli
 from xray_seg.shared.reports import class_scores_from_confusion, confusion_matrix, write_report
 from xray_seg.shared.figures import (
     BLUE,
@@ -277,13 +277,13 @@ def test_plot_training_curves_errors(tmp_path) -> None:
 
 def test_curves_cli(tmp_path, capsys) -> None:
     (tmp_path / "empty").mkdir()
-    assert visualize.main(["curves", str(tmp_path / "empty"), str(tmp_path / "c.png")]) == 2
+    assert cli(["curves", "--log_dir", str(tmp_path / "empty"), "--output_file", str(tmp_path / "c.png")]) == 2
     err = capsys.readouterr().err
-    assert "error" in err and "empty" in err and "Traceback" not in err
+    assert err.startswith("ERROR: ") and "empty" in err and "Traceback" not in err
 
     _write_scalars(tmp_path / "logs", {"train_loss": [(1, 1.0), (2, 0.5)]})
     out = tmp_path / "c.png"
-    assert visualize.main(["curves", str(tmp_path / "logs"), str(out), "--metric_tag", "val_dice"]) == 0
+    assert cli(["curves", "--log_dir", str(tmp_path / "logs"), "--output_file", str(out), "--metric_tag", "val_dice"]) == 0
     assert capsys.readouterr().out.strip() == str(out) and out.is_file()
 
 

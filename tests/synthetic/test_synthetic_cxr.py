@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from xray_seg.synthetic.cxr import generate_dataset, main, synthesize_case
+from xray_seg.cli.main import main as cli
+from xray_seg.synthetic.cxr import generate_dataset, synthesize_case
 
 SIZE = 96
 
@@ -76,7 +77,7 @@ def test_deterministic_per_seed(tmp_path: Path) -> None:
 
 
 def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    main([str(tmp_path), "--n_cases", "2", "--size", "64", "--bit_depth", "16"])
+    assert cli(["synthetic", "cxr", "--output_dir", str(tmp_path), "--n_cases", "2", "--size", "64", "--bit_depth", "16"]) == 0
     assert "wrote 2 synthetic cases" in capsys.readouterr().out
     assert len(list((tmp_path / "masks").glob("*.png"))) == 2
     assert not list(tmp_path.rglob("*.partial*"))

@@ -12,7 +12,8 @@ import tifffile
 import torch
 from scipy import ndimage
 
-from xray_seg.synthetic.tomo import (ATTENUATION, detector_size, fbp, generate_volume, intensity_window, main,
+from xray_seg.cli.main import main as cli
+from xray_seg.synthetic.tomo import (ATTENUATION, detector_size, fbp, generate_volume, intensity_window,
                                     microstructure, project, simulate_tomography, to_uint16, torch_threads)
 
 
@@ -148,7 +149,8 @@ def test_volume_does_not_depend_on_chunk_and_is_deterministic(tmp_path: Path) ->
 
 
 def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    main([str(tmp_path), "--shape", "3", "24", "32", "--seed", "1", "--format", "slices"])
+    assert cli(["synthetic", "tomo", "--output_dir", str(tmp_path), "--shape", "3", "24", "32", "--seed", "1",
+                "--format", "slices"]) == 0
     out = capsys.readouterr().out
     assert str(tmp_path / "images") in out and str(tmp_path / "labels") in out
     assert _read(str(tmp_path / "labels")).shape == (3, 24, 32)

@@ -14,8 +14,10 @@ from monai.inferers import SlidingWindowInferer
 
 from xray_seg.shared import inputs as bundle_inputs
 from xray_seg.tomography import inputs as tomo_inputs
+from xray_seg.shared.errors import UserError
 from xray_seg.shared.splits import ManifestError
-from xray_seg.tomography.slab_manifest import build_slab_manifest, main as manifest_main, slab_ranges
+from xray_seg.cli.main import main as cli
+from xray_seg.tomography.slab_manifest import build_slab_manifest, slab_ranges
 from xray_seg.tomography.evaluation import boundary_accuracy, boundary_band, scores
 from xray_seg.tomography.inference import find_volumes, segment_folder, segment_volume
 from xray_seg.tomography.transforms import LoadVolumed, RecordIntensityRanged, ScaleFromRanged, ZSlices, intensity_range
@@ -37,6 +39,11 @@ def phantom(shape: tuple[int, int, int] = (30, 20, 24), seed: int = 0) -> tuple[
     classes[:, :, 2 * shape[2] // 3:] = 2
     image = (20000 + 10000 * classes.astype(np.float64) + rng.normal(0, 800, shape)).clip(0, 65535).astype(np.uint16)
     return image, (classes * 127.5).round().astype(np.uint8)
+
+
+def manifest_main(stack: Path, out: Path) -> int:
+    """``xray-seg manifest volumes`` with two-slice gaps: its exit status."""
+    return cli(["manifest", "volumes", "--dataset_dir", str(stack), "--output_file", str(out), "--gap", "2"])
 
 
 @pytest.fixture()
@@ -66,7 +73,7 @@ def test_slab_ranges_reject_a_volume_too_thin_for_the_gaps() -> None:
 
 def test_slab_manifest_of_a_slice_stack(stack: Path, tmp_path: Path) -> None:
     out = tmp_path / "m.json"
-    assert manifest_main([str(stack), "--out", str(out), "--gap", "2"]) == 0
+    assert manifest_main(stack, out) == 0
     manifest = json.loads(out.read_text())
     assert manifest["tensorImageSize"] == "3D"
     train, val, test = (manifest[s][0] for s in ("training", "validation", "testing"))
@@ -96,7 +103,7 @@ def test_slab_manifest_splits_several_volume_files(tmp_path: Path) -> None:
 
 def test_volume_cases_stops_on_unexpected_label_values(stack: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "m.json"
-    manifest_main([str(stack), "--out", str(out), "--gap", "2"])
+    assert manifest_main(stack, out) == 0
     with pytest.raises(SystemExit) as exit_info:
         tomo_inputs.volume_cases(str(out), str(stack), "training", [0, 1, 2])
     assert exit_info.value.code == 2
@@ -255,7 +262,7 @@ def test_experiment_arms_cover_noise_size_and_dimensions(tmp_path: Path, monkeyp
     manifest = json.loads(tomo_experiments._subset_manifest(tmp_path, 5).read_text())
     start = manifest["training"][0]["slices"][0]
     assert manifest["training"][0]["slices"] == [start, start + 5]
-    with pytest.raises(SystemExit, match="fewer than 1000"):
+    with pytest.raises(UserError, match="fewer than 1000"):
         tomo_experiments._subset_manifest(tmp_path, 1000)
 
 
@@ -274,7 +281,7 @@ def test_experiment_table_and_plot_are_written(tmp_path: Path) -> None:
 
 
 def test_benchmark_sizes_read_as_x_by_y_by_z() -> None:
-    from xray_seg.tomography.benchmark import parse_size
+    from xray_seg.cli.study_verbs import parse_size
 
     assert parse_size("256") == (256, 256, 256)
     assert parse_size("1024x1024x512") == (512, 1024, 1024)

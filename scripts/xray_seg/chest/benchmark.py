@@ -1,6 +1,6 @@
 """Benchmark of the cxr_lungs bundle: speed, memory and the shipped model's accuracy.
 
-    python -m xray_seg.chest.benchmark [--out runs/benchmark/cxr_lungs.json] [--images 24]
+    xray-seg benchmark cxr [--output_file runs/benchmark/cxr_lungs.json] [--n_images 24]
 
 Prints and writes JSON with, at 512x512 input:
 - training images/s through the bundle's own train config (loading, augmentation,
@@ -16,7 +16,6 @@ Each measurement runs in a child process, so its peak memory is its own.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -32,11 +31,11 @@ from ignite.engine import Events
 
 from xray_seg.shared.atomic import write_text
 from xray_seg.shared.machine import cpu_name
-from xray_seg.shared.paths import REPO
+from xray_seg.shared.paths import DATA, REPO
 
 BUNDLE = REPO / "bundle" / "cxr_lungs"
 CONFIGS = BUNDLE / "configs"
-DEFAULT_DATA = REPO.parent / "shared" / "data"
+DEFAULT_DATA = DATA / "montgomery"
 
 
 def _workflow(config_files: list[str], **overrides: object):
@@ -114,8 +113,7 @@ def measure_inference(n_images: int) -> dict:
         }
 
 
-def measure_test_dice(data_dir: Path) -> dict:
-    montgomery = data_dir / "montgomery"
+def measure_test_dice(montgomery: Path) -> dict:
     if not montgomery.is_dir():
         return {"skipped": f"no Montgomery data at {montgomery} (set XRAY_DATA_DIR)"}
     with tempfile.TemporaryDirectory() as tmp:
@@ -131,37 +129,36 @@ def measure_test_dice(data_dir: Path) -> dict:
         }
 
 
-def _child(phase: str, args: argparse.Namespace) -> dict:
-    cmd = [sys.executable, "-m", "xray_seg.chest.benchmark", "--phase", phase, "--images", str(args.images),
-           "--epochs", str(args.epochs), "--data_dir", str(args.data_dir)]  # fmt: skip
+# The child process that takes one measurement: the CLI's hidden --phase mode.
+CHILD = [sys.executable, "-m", "xray_seg.cli", "benchmark", "cxr"]
+
+
+def measure(phase: str, n_images: int, epochs: int, dataset_dir: Path) -> dict:
+    """One measurement (in a process of its own), with that process's peak memory."""
+    result = {
+        "train": lambda: measure_training(n_images, epochs),
+        "infer": lambda: measure_inference(n_images),
+        "dice": lambda: measure_test_dice(dataset_dir),
+    }[phase]()
+    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return result
+
+
+def _child(phase: str, n_images: int, epochs: int, dataset_dir: Path) -> dict:
+    cmd = [*CHILD, "--phase", phase, "--n_images", str(n_images), "--epochs", str(epochs),
+           "--dataset_dir", str(dataset_dir)]  # fmt: skip
     print(f"-- {phase} ...", flush=True)
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"benchmark phase {phase} failed:\n{proc.stderr[-4000:]}")
+        sys.stderr.write(proc.stderr[-4000:])
+        raise SystemExit(f"ERROR: benchmark phase {phase} failed (exit status {proc.returncode}); its output is above")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     print(f"   {json.dumps(result)}", flush=True)
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m xray_seg.chest.benchmark", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("runs/benchmark/cxr_lungs.json"))
-    parser.add_argument("--images", type=int, default=24, help="synthetic 512x512 images per speed run")
-    parser.add_argument("--epochs", type=int, default=3, help="training epochs (the first is not timed)")
-    parser.add_argument("--data_dir", type=Path, default=Path(os.environ.get("XRAY_DATA_DIR", DEFAULT_DATA)))
-    parser.add_argument("--phase", choices=["train", "infer", "dice"], help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-
-    if args.phase:  # child process: one measurement, then its own peak memory
-        result = {
-            "train": lambda: measure_training(args.images, args.epochs),
-            "infer": lambda: measure_inference(args.images),
-            "dice": lambda: measure_test_dice(args.data_dir),
-        }[args.phase]()
-        result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(json.dumps(result))
-        return 0
-
+def benchmark(output_file: Path, n_images: int, epochs: int, dataset_dir: Path, command: str) -> dict:
+    """Every measurement, each in a child process; the report is written to ``output_file``."""
     report = {
         "bundle": "cxr_lungs",
         "input_size": [512, 512],
@@ -174,16 +171,10 @@ def main(argv: list[str] | None = None) -> int:
             "python": platform.python_version(),
             "load_average_at_start": os.getloadavg(),  # other work sharing the CPU skews the figures
         },
-        "command": "python -m xray_seg.chest.benchmark " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "training": _child("train", args),
-        "inference": _child("infer", args),
-        "test_split": _child("dice", args),
+        "command": command,
+        "training": _child("train", n_images, epochs, dataset_dir),
+        "inference": _child("infer", n_images, epochs, dataset_dir),
+        "test_split": _child("dice", n_images, epochs, dataset_dir),
     }
-    write_text(args.out, json.dumps(report, indent=2))
-    print(json.dumps(report, indent=2))
-    print(f"wrote {args.out}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    write_text(output_file, json.dumps(report, indent=2))
+    return report

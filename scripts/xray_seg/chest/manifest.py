@@ -1,6 +1,6 @@
 """Build a MONAI datalist (manifest) from a folder of images and same-named masks.
 
-    python -m xray_seg.chest.manifest DATASET_DIR --out data_manifests/NAME.json [--seed 0]
+    xray-seg manifest images --dataset_dir DATASET_DIR --output_file data_manifests/NAME.json [--seed 0]
         [--val_fraction 0.1] [--test_fraction 0.2] [--folds 0] [--stratify REGEX]
         [--structures right_lung,left_lung,heart,right_clavicle,left_clavicle]
 
@@ -17,11 +17,9 @@ are reported together so that one run finds everything that needs fixing.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from operator import itemgetter
 from pathlib import Path
@@ -29,8 +27,7 @@ from types import MappingProxyType
 
 import numpy as np
 
-from xray_seg.shared.atomic import write_text
-from xray_seg.shared.splits import SPLITS, ManifestError
+from xray_seg.shared.splits import ManifestError
 from xray_seg.shared.image_checks import ImageReadError, image_stem, list_image_files, read_image_array
 
 DEFAULT_LABELS: Mapping[str, str] = MappingProxyType({"0": "background", "1": "lung"})
@@ -372,44 +369,3 @@ def build_manifest(
         "validation": sorted(validation, key=by_image),
         "testing": sorted(testing, key=by_image),
     }
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m xray_seg.chest.manifest", description=__doc__.split("\n\n")[0])
-    parser.add_argument("dataset_dir", type=Path, help="folder holding the images and masks folders")
-    parser.add_argument("--out", type=Path, required=True, help="manifest to write, e.g. data_manifests/NAME.json")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--val_fraction", type=float, default=0.1, help="unused with --folds")
-    parser.add_argument("--test_fraction", type=float, default=0.2)
-    parser.add_argument("--folds", type=int, default=0, help="K > 1: k-fold cross-validation on the non-test cases")
-    parser.add_argument("--images", default="images", help="image folder inside dataset_dir")
-    parser.add_argument("--masks", default="masks", help="mask folder inside dataset_dir")
-    parser.add_argument("--name", help="manifest name (default: the dataset folder's name)")
-    parser.add_argument("--stratify", help=r"regex on file stems giving each case's stratum, e.g. '_(\d)$'")
-    parser.add_argument(
-        "--structures",
-        help="comma-separated structure names, one mask folder each in the masks folder "
-        "(multi-label), e.g. right_lung,left_lung,heart,right_clavicle,left_clavicle",
-    )
-    args = parser.parse_args(argv)
-    structures = None if args.structures is None else [s.strip() for s in args.structures.split(",")]
-    try:
-        manifest = build_manifest(
-            args.dataset_dir, images=args.images, masks=args.masks, seed=args.seed,
-            val_fraction=args.val_fraction, test_fraction=args.test_fraction, folds=args.folds,
-            name=args.name, stratify=args.stratify, structures=structures,
-        )
-    except ManifestError as e:
-        print(f"error: {e}\nnothing written", file=sys.stderr)
-        return 2
-    write_text(args.out, json.dumps(manifest, indent=2) + "\n")
-    folds = f" in {args.folds} folds" if args.folds else ""
-    print(
-        f"wrote {args.out}: {manifest['numTraining']} training{folds}, "
-        f"{manifest['numValidation']} validation, {manifest['numTest']} testing"
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

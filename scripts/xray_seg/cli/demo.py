@@ -1,6 +1,6 @@
 """The quick-start job: the whole cxr_lungs workflow on generated data, in minutes on a CPU.
 
-    python -m xray_seg.cli.demo [--workdir runs/demo] [--epochs 40]
+    xray-seg demo [--output_dir runs/demo] [--epochs 40]
 
 1. generates a small synthetic chest X-ray dataset with exact lung masks,
 2. builds its data manifest,
@@ -22,62 +22,60 @@ import time
 from pathlib import Path
 
 from xray_seg.chest.manifest import build_manifest
+from xray_seg.cli.workflow import bundle_command
 from xray_seg.shared.atomic import write_text
+from xray_seg.shared.paths import BUNDLES
 from xray_seg.synthetic.cxr import generate_dataset
-from xray_seg.shared.paths import REPO
 
-BUNDLE = REPO / "bundle" / "cxr_lungs"
-
-
-def bundle_command(config_files: list[str], bundle: Path = BUNDLE, **overrides: object) -> list[str]:
-    """The ``python -m monai.bundle run`` command line for configs of ``bundle``, with overrides."""
-    configs = [str(bundle / "configs" / name) for name in config_files]
-    config_arg = configs[0] if len(configs) == 1 else repr(configs)
-    cmd = [
-        sys.executable, "-m", "monai.bundle", "run",
-        "--bundle_root", str(bundle),
-        "--config_file", config_arg,
-        "--meta_file", str(bundle / "configs" / "metadata.json"),
-        "--logging_file", str(bundle / "configs" / "logging.conf"),
-    ]  # fmt: skip
-    for key, value in overrides.items():
-        cmd += [f"--{key}", json.dumps(value) if isinstance(value, (list, bool)) else str(value)]
-    return cmd
+BUNDLE = BUNDLES / "cxr_lungs"
 
 
 def run_step(title: str, cmd: list[str]) -> None:
     print(f"\n== {title}\n$ {shlex.join(cmd)}", flush=True)
     start = time.time()
-    subprocess.run(cmd, check=True)
+    code = subprocess.run(cmd).returncode
+    if code != 0:
+        print(f"ERROR: the demo's {title} step failed (exit status {code}); its log is above", file=sys.stderr)
+        raise SystemExit(code)
     print(f"== {title}: done in {time.time() - start:.0f} s", flush=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m xray_seg.cli.demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workdir", type=Path, default=Path("runs/demo"), help="where data, model and reports go")
-    parser.add_argument("--cases", type=int, default=40, help="synthetic cases to generate")
-    parser.add_argument("--epochs", type=int, default=40, help="training epochs")
-    parser.add_argument("--image_size", type=int, default=128, help="network input size (longest side)")
-    args = parser.parse_args(argv)
+def _description() -> str:
+    paragraphs = __doc__.split("\n\n")
+    return "\n\n".join([paragraphs[0], *paragraphs[2:]]).replace("``", "`")
 
-    work = args.workdir.resolve()
-    data_dir, run, masks_out = work / "data", work / "run", work / "inference"
-    evaluation = run / "eval"
+
+def register(verbs: argparse._SubParsersAction) -> None:
+    p = verbs.add_parser("demo", help="the whole cxr_lungs workflow on generated data, in minutes on a CPU",
+                         description=_description(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--output_dir", type=Path, default=Path("runs/demo"),
+                   help="where data, model and reports go (default: %(default)s)")
+    p.add_argument("--n_cases", type=int, default=40, help="synthetic cases to generate (default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=40, help="training epochs (default: %(default)s)")
+    p.add_argument("--image_size", type=int, default=128,
+                   help="network input size, longest side (default: %(default)s)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    work = args.output_dir.resolve()
+    data_dir, run_dir, masks_out = work / "data", work / "run", work / "inference"
+    evaluation = run_dir / "eval"
     manifest = work / "manifest.json"
 
-    print(f"== generating {args.cases} synthetic radiographs in {data_dir}", flush=True)
-    generate_dataset(data_dir, n_cases=args.cases, size=256, seed=0)
+    print(f"== generating {args.n_cases} synthetic radiographs in {data_dir}", flush=True)
+    generate_dataset(data_dir, n_cases=args.n_cases, size=256, seed=0)
     datalist = build_manifest(data_dir, seed=0, val_fraction=0.15, test_fraction=0.25, name="synthetic_cxr")
     write_text(manifest, json.dumps(datalist, indent=2))
     print(f"== manifest {manifest}: {datalist['numTraining']} training, "
           f"{datalist['numValidation']} validation, {datalist['numTest']} test cases", flush=True)
 
     common = dict(
-        dataset_dir=data_dir, datalist=manifest, run_dir=run,
+        dataset_dir=data_dir, datalist=manifest, run_dir=run_dir,
         image_size=args.image_size, roi_size=[args.image_size] * 2,
     )  # fmt: skip
     run_step("train", bundle_command(["train.yaml"], **common, num_epochs=args.epochs, val_interval=2, resume=False))
-    run_step("evaluate", bundle_command(["train.yaml", "evaluate.yaml"], **common, ckpt_path=run / "model.pt"))
+    run_step("evaluate", bundle_command(["train.yaml", "evaluate.yaml"], **common, ckpt_path=run_dir / "model.pt"))
 
     test_images = work / "test_images"
     test_images.mkdir(exist_ok=True)
@@ -89,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         "inference",
         bundle_command(
             ["inference.yaml"],
-            dataset_dir=test_images, output_dir=masks_out, ckpt_path=run / "model.pt",
+            dataset_dir=test_images, output_dir=masks_out, ckpt_path=run_dir / "model.pt",
             image_size=args.image_size, roi_size=[args.image_size] * 2, save_overlay=True,
         ),  # fmt: skip
     )
@@ -102,10 +100,6 @@ def main(argv: list[str] | None = None) -> int:
         f"  collage:   {evaluation / 'collage.png'}\n"
         f"  curves:    {evaluation / 'training_curves.png'}\n"
         f"  masks:     {masks_out}  (*_seg.png, *_overlay.png)\n"
-        f"  TensorBoard: tensorboard --logdir {run / 'logs'}"
+        f"  TensorBoard: tensorboard --logdir {run_dir / 'logs'}"
     )
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

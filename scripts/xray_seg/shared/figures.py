@@ -6,10 +6,8 @@ and integer label maps (0 = background, 1..K = classes) are both accepted.
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
-import sys
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -383,25 +381,3 @@ def plot_training_curves(
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     return result
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m xray_seg.shared.figures", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    curves = commands.add_parser("curves", help="plot training loss and validation Dice from TensorBoard logs")
-    curves.add_argument("log_dir")
-    curves.add_argument("out_png")
-    curves.add_argument("--loss_tag", default="train_loss")
-    curves.add_argument("--metric_tag", default="val_mean_dice")
-    args = parser.parse_args(argv)
-    try:
-        plot_training_curves(args.log_dir, args.out_png, loss_tag=args.loss_tag, metric_tag=args.metric_tag)
-    except (FileNotFoundError, ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(args.out_png)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -7,14 +7,12 @@ lungs drawn from jittered, smoothed control polygons, a bright mediastinum and h
 ribs, clavicles, a low-frequency gradient and noise. The mask is the exact union of the
 two lung polygons, so it always has two connected components.
 
-    python -m xray_seg.synthetic.cxr OUT_DIR [--n_cases 24] [--size 256] [--seed 0] [--bit_depth 8]
+    xray-seg synthetic cxr --output_dir OUT_DIR [--n_cases 24] [--size 256] [--seed 0] [--bit_depth 8]
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -155,21 +153,3 @@ def generate_dataset(out_dir: str | os.PathLike, n_cases: int = 24, size: int = 
             Image.fromarray(mask.astype(np.uint8) * 255).save(tmp)
         names.append(name)
     return names
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("out_dir")
-    parser.add_argument("--n_cases", type=int, default=24)
-    parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--bit_depth", type=int, choices=(8, 16), default=8)
-    args = parser.parse_args(argv)
-    start = time.perf_counter()
-    names = generate_dataset(args.out_dir, args.n_cases, args.size, args.seed, args.bit_depth)
-    print(f"wrote {len(names)} synthetic cases ({args.size}x{args.size}, {args.bit_depth}-bit) "
-          f"to {args.out_dir} in {time.perf_counter() - start:.1f}s")
-
-
-if __name__ == "__main__":
-    main()

@@ -14,9 +14,9 @@ peak memory depends on the slice size and the chunk, never on the depth: a
 1024x1024 slice size needs ~1.4 GB at chunk 16 (measured peak RSS), whatever the
 number of slices. Axis order is (z, y, x) throughout.
 
-    python -m xray_seg.synthetic.tomo OUT [--shape 64 128 128] [--seed 0] [--format tiff|slices]
+    xray-seg synthetic tomo --output_dir OUT [--shape 64 128 128] [--seed 0] [--format tiff|slices]
         [--chunk 16] [--n_angles N] [--photons P] [--device cpu|cuda] [--threads 1]
-    python -m xray_seg.synthetic.tomo --benchmark [--sizes 256 512 1024]
+    xray-seg synthetic tomo --benchmark [--sizes 256 512 1024]
 
 writes ``OUT/image.tif`` (uint16, values in about 16700..46900 like the real data)
 and ``OUT/label.tif`` (uint8 0/1/2), or for ``--format slices`` the folders
@@ -34,7 +34,6 @@ taps per sample instead of 2, and cache-busting temporaries); it runs on a GPU t
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import functools
 import math
@@ -485,38 +484,3 @@ def benchmark(sizes: Sequence[int] = (256, 512, 1024), n_slices: int = 4, n_angl
               f"labels {per_slice['labels_s']:.3f} s/slice, scan {per_slice['scan_s']:.3f} s/slice, "
               f"512 slices ~{per_slice['depth512_min']:.1f} min", flush=True)
     return results
-
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("out_dir", nargs="?")
-    parser.add_argument("--shape", type=int, nargs=3, default=(64, 128, 128), metavar=("Z", "Y", "X"))
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--format", choices=("tiff", "slices"), default="tiff")
-    parser.add_argument("--chunk", type=int, default=16)
-    parser.add_argument("--n_angles", type=int, default=None)
-    parser.add_argument("--photons", type=float, default=None)
-    parser.add_argument("--feature_size", type=float, default=8.0)
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (see simulate_tomography)")
-    parser.add_argument("--benchmark", action="store_true", help="time the generator instead (no OUT)")
-    parser.add_argument("--sizes", type=int, nargs="+", default=(256, 512, 1024))
-    args = parser.parse_args(argv)
-    if args.benchmark:
-        benchmark(args.sizes, n_angles=args.n_angles, device=args.device, threads=args.threads)
-        return
-    if args.out_dir is None:
-        parser.error("OUT is required (or --benchmark)")
-    start = time.perf_counter()
-    paths = generate_volume(args.out_dir, args.shape, args.seed, args.format, args.chunk, args.n_angles,
-                            args.photons, args.feature_size, device=args.device, threads=args.threads)
-    elapsed = time.perf_counter() - start
-    nz, ny, nx = args.shape
-    print(f"image: {paths['image']}\nlabel: {paths['label']}")
-    print(f"wrote {nz}x{ny}x{nx} (z, y, x) in {elapsed:.1f}s ({elapsed / nz * 1000:.0f} ms/slice, "
-          f"{args.n_angles or default_n_angles(max(ny, nx))} angles)")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,21 +1,20 @@
 """Benchmark of streaming sliding-window inference of the xray_tomography bundle.
 
-    python -m xray_seg.tomography.benchmark [--sizes 256 512 1024x1024x512]
-        [--workdir runs/benchmark_tomo] [--slab_depth 64] [--halo 16]
+    xray-seg benchmark tomo [--sizes 256 512 1024x1024x512]
+        [--output_dir runs/benchmark_tomo] [--slab_depth 64] [--halo 16]
 
 For each size, makes a synthetic tomography volume (xray_seg.synthetic.tomo:
 phantom, projections, Poisson noise, filtered back-projection) as a multi-page
-uint16 TIFF, kept in the work folder for the next run, then segments it with the
+uint16 TIFF, kept in the output folder for the next run, then segments it with the
 bundle's inference network, inferer and streaming settings (from inference.yaml,
 with the shipped weights) in a child process of its own, and reports voxels/s,
 wall time and the child's peak resident memory. The network runs on the GPU when
 there is one; the volume and output stay in CPU memory either way. Writes
-``benchmark.json`` in the work folder and prints it.
+``benchmark.json`` in the output folder and prints it.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -32,17 +31,6 @@ from xray_seg.shared.machine import cpu_name
 from xray_seg.shared.paths import REPO
 
 CONFIGS = REPO / "bundle" / "xray_tomography" / "configs"
-
-
-def parse_size(text: str) -> tuple[int, int, int]:
-    """'512' -> (512, 512, 512); '1024x1024x512' -> (z, y, x) = (512, 1024, 1024): x by y by z, as sizes are said."""
-    parts = [int(p) for p in text.lower().split("x")]
-    if len(parts) == 1:
-        parts *= 3
-    if len(parts) != 3 or min(parts) < 1:
-        raise argparse.ArgumentTypeError(f"size must be N or XxYxZ, got {text!r}")
-    x, y, z = parts
-    return z, y, x
 
 
 def volume_for(size: tuple[int, int, int], workdir: Path, max_angles: int) -> tuple[Path, dict]:
@@ -101,45 +89,30 @@ def segment(image: Path, out: Path, overrides: dict) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m xray_seg.tomography.benchmark", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", type=parse_size, nargs="+", default=[parse_size(s) for s in ("256", "512", "1024x1024x512")])
-    parser.add_argument("--workdir", type=Path, default=Path("runs/benchmark_tomo"))
-    parser.add_argument("--slab_depth", type=int, default=64)
-    parser.add_argument("--halo", type=int, default=16)
-    parser.add_argument("--max_angles", type=int, default=128, help="cap on the simulated scan's projection angles")
-    parser.add_argument("--generate_only", action="store_true", help="make the volumes, measure nothing")
-    parser.add_argument("--child", nargs=2, metavar=("IMAGE", "OUT"), help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    overrides = {"slab_depth": args.slab_depth, "halo": args.halo}
+# The child process that segments one volume: the CLI's hidden --child mode.
+CHILD = [sys.executable, "-m", "xray_seg.cli", "benchmark", "tomo"]
 
-    if args.child:
-        print(json.dumps(segment(Path(args.child[0]), Path(args.child[1]), overrides)))
-        return 0
 
-    report = {
-        "bundle": "xray_tomography",
-        "command": "python -m xray_seg.tomography.benchmark " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": {
-            "cpu": cpu_name(),
-            "cores": os.cpu_count(),
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "load_average_at_start": os.getloadavg(),  # other work sharing the CPU skews the figures
-        },
-        "runs": [],
+def machine() -> dict:
+    return {
+        "cpu": cpu_name(),
+        "cores": os.cpu_count(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "load_average_at_start": os.getloadavg(),  # other work sharing the CPU skews the figures
     }
-    if args.generate_only:
-        for size in args.sizes:
-            print(volume_for(size, args.workdir, args.max_angles), flush=True)
-        return 0
-    for size in args.sizes:
-        image, generation = volume_for(size, args.workdir, args.max_angles)
-        out = args.workdir / "outputs" / f"{image.parent.name}_seg.tif"
+
+
+def benchmark(sizes: list[tuple[int, int, int]], output_dir: Path, slab_depth: int, halo: int, max_angles: int,
+              command: str) -> dict:
+    """Segment a synthetic volume of each size in a child process; ``benchmark.json`` in ``output_dir``."""
+    report = {"bundle": "xray_tomography", "command": command, "machine": machine(), "runs": []}
+    for size in sizes:
+        image, generation = volume_for(size, output_dir, max_angles)
+        out = output_dir / "outputs" / f"{image.parent.name}_seg.tif"
         print(f"-- {image.parent.name} (z x y x x): segmenting ...", flush=True)
-        cmd = [sys.executable, "-m", "xray_seg.tomography.benchmark", "--slab_depth", str(args.slab_depth),
-               "--halo", str(args.halo), "--child", str(image), str(out)]
+        cmd = [*CHILD, "--slab_depth", str(slab_depth), "--halo", str(halo), "--child", str(image), str(out)]
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
         if proc.returncode != 0:
             raise SystemExit(f"ERROR: segmenting {image} failed (exit {proc.returncode})")
@@ -148,11 +121,5 @@ def main(argv: list[str] | None = None) -> int:
         out.unlink(missing_ok=True)  # the label volume is not needed; disk is
         print(f"   {json.dumps(run)}", flush=True)
         report["runs"].append(run)
-        write_text(args.workdir / "benchmark.json", json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
-    print(f"wrote {args.workdir / 'benchmark.json'}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        write_text(output_dir / "benchmark.json", json.dumps(report, indent=2) + "\n")
+    return report

@@ -1,6 +1,6 @@
 """The seed report's experiments on the tomography bundle, as one script.
 
-    python -m xray_seg.tomography.experiments [--workdir runs/tomo_experiments] [--epochs 4]
+    xray-seg experiments tomo [--output_dir runs/tomo_experiments] [--epochs 4]
         [--budget_s 200] [--sizes 5 25 105] [--only noise,size,dims]
 
 Every arm trains bundle/xray_tomography with its own train.yaml (short runs:
@@ -14,18 +14,16 @@ with Gaussian noise of standard deviation 5000 in 16-bit units:
 
 Writes ``results.json``, ``results.csv``, ``results.md`` (the table) and
 ``results.png`` (Dice against training slices, and the noise and 2D/3D arms) in
-the work folder, plus each arm's model, logs and evaluation reports. Arms whose
+the output folder, plus each arm's model, logs and evaluation reports. Arms whose
 evaluation is already there are not run again, so a killed run resumes.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -33,7 +31,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from xray_seg.shared.atomic import atomic_path, write_text
-from xray_seg.cli.demo import REPO, bundle_command
+from xray_seg.cli.workflow import bundle_command
+from xray_seg.shared.errors import UserError
+from xray_seg.shared.paths import REPO
 
 BUNDLE = REPO / "bundle" / "xray_tomography"
 MANIFEST = REPO / "data_manifests" / "soc_ptycho.json"
@@ -72,7 +72,7 @@ def _subset_manifest(workdir: Path, slices: int) -> Path:
     manifest = json.loads(MANIFEST.read_text())
     start, stop = manifest["training"][0]["slices"]
     if slices > stop - start:
-        raise SystemExit(f"ERROR: the training slab has {stop - start} slices, fewer than {slices}")
+        raise UserError(f"the training slab has {stop - start} slices, fewer than {slices}")
     manifest["training"] = [{**manifest["training"][0], "slices": [start, start + slices]}]
     path = workdir / f"manifest_{slices}_slices.json"
     write_text(path, json.dumps(manifest, indent=2) + "\n")
@@ -166,23 +166,11 @@ def plot(results: list[dict], path: Path) -> None:
         fig.savefig(tmp, dpi=120, format="png")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m xray_seg.tomography.experiments", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workdir", type=Path, default=Path("runs/tomo_experiments"))
-    parser.add_argument("--epochs", type=int, default=4, help="epochs of the noise and size arms (25 steps each)")
-    parser.add_argument("--budget_s", type=float, default=200.0, help="training wall time of the 2D and 3D arms")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[5, 25, 105], help="training slices")
-    parser.add_argument("--only", default="noise,size,dims", help="comma-separated groups to run")
-    parser.add_argument("--dataset_dir", help="soc_ptycho folder (default: the bundle's)")
-    args = parser.parse_args(argv)
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    results = [run_arm(arm, args.workdir, args.dataset_dir)
-               for arm in arms(args.sizes, set(args.only.split(",")), args.epochs, args.budget_s)]
-    write_table(results, args.workdir)
-    plot(results, args.workdir / "results.png")
-    print(f"wrote {args.workdir / 'results.md'} and {args.workdir / 'results.png'}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def run_experiments(output_dir: Path, epochs: int, budget_s: float, sizes: list[int], only: set[str],
+                    dataset_dir: str | None = None) -> list[dict]:
+    """Every arm (skipping finished ones), then the table and the figure in ``output_dir``."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    results = [run_arm(arm, output_dir, dataset_dir) for arm in arms(sizes, only, epochs, budget_s)]
+    write_table(results, output_dir)
+    plot(results, output_dir / "results.png")
+    return results

@@ -1,6 +1,6 @@
 """Build a MONAI datalist (manifest) for 3D volumes: slabs of one volume, or whole volumes.
 
-    python -m xray_seg.tomography.slab_manifest DATASET_DIR --out data_manifests/NAME.json
+    xray-seg manifest volumes --dataset_dir DATASET_DIR --output_file data_manifests/NAME.json
         [--images images] [--labels labels] [--val_fraction 0.1]
         [--test_fraction 0.2] [--gap 8] [--seed 0]
 
@@ -20,17 +20,13 @@ opened and checked (format, dtype, image/label shape) before anything is written
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import tifffile
 
-from xray_seg.shared.atomic import write_text
 from xray_seg.shared.splits import SPLITS, ManifestError
 from xray_seg.tomography.volume_io import SlabReader, VolumeError, check_same_shape, is_volume_file, volume_format
 
@@ -153,32 +149,3 @@ def build_slab_manifest(
         "numTest": len(splits["testing"]),
         **splits,
     }
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m xray_seg.tomography.slab_manifest", description=__doc__.split("\n\n")[0])
-    parser.add_argument("dataset_dir", type=Path, help="folder holding the image and label volumes or slice folders")
-    parser.add_argument("--out", type=Path, required=True, help="manifest to write, e.g. data_manifests/NAME.json")
-    parser.add_argument("--images", default="images", help="image slice folder, or folder of volumes, in dataset_dir")
-    parser.add_argument("--labels", default="labels", help="label slice folder, or folder of volumes, in dataset_dir")
-    parser.add_argument("--val_fraction", type=float, default=0.1)
-    parser.add_argument("--test_fraction", type=float, default=0.2)
-    parser.add_argument("--gap", type=int, default=8, help="unused slices between neighbouring slabs")
-    parser.add_argument("--seed", type=int, default=0, help="order of whole volumes (slabs are not shuffled)")
-    parser.add_argument("--name", help="manifest name (default: the dataset folder's name)")
-    args = parser.parse_args(argv)
-    try:
-        manifest = build_slab_manifest(
-            args.dataset_dir, images=args.images, labels=args.labels, val_fraction=args.val_fraction,
-            test_fraction=args.test_fraction, gap=args.gap, seed=args.seed, name=args.name,
-        )
-    except ManifestError as e:
-        print(f"error: {e}\nnothing written", file=sys.stderr)
-        return 2
-    write_text(args.out, json.dumps(manifest, indent=2) + "\n")
-    print(f"wrote {args.out}: {manifest['description']}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -11,7 +11,7 @@ voxels in bins below cut i, the accuracy of cuts i < j is
 
 so the best pair is max_j (g(j) + max_{i<j} f(i)), a running maximum.
 
-    python -m xray_seg.tomography.threshold_baseline [--datalist data_manifests/soc_ptycho.json]
+    xray-seg baseline tomo [--datalist data_manifests/soc_ptycho.json]
         [--dataset_dir ../shared/data/soc_ptycho] [--output_dir runs/threshold_baseline]
 
 fits on the manifest's training split, scores the testing split as the bundle's
@@ -20,13 +20,7 @@ evaluation scores the model, prints a summary and writes baseline_metrics.json.
 
 from __future__ import annotations
 
-import argparse
-import json
-import time
-from pathlib import Path
-
 import numpy as np
-from xray_seg.shared.paths import REPO
 
 # Volumes above this many voxels are fitted on a random subsample of this size (fixed
 # seed): 50M voxels give the accuracy of any threshold pair to ~1e-4 (binomial standard
@@ -121,29 +115,3 @@ def apply_thresholds(image: np.ndarray, thresholds: tuple[float, float]) -> np.n
     out = (image > t1).view(np.uint8)
     out += image > t2
     return out
-
-
-def main(argv: list[str] | None = None) -> None:
-    # The report (fitting on one split, scoring on another like the model) lives in
-    # tomo_evaluation, which imports this module: import it here, not at the top.
-    from xray_seg.tomography.evaluation import threshold_baseline_report
-
-    parser = argparse.ArgumentParser(prog="python -m xray_seg.tomography.threshold_baseline", description=__doc__.split("\n")[0])
-    parser.add_argument("--datalist", default=str(REPO / "data_manifests" / "soc_ptycho.json"))
-    parser.add_argument("--dataset_dir", default=str(REPO.parent / "shared" / "data" / "soc_ptycho"))
-    parser.add_argument("--output_dir", default="runs/threshold_baseline", help="where baseline_metrics.json goes")
-    parser.add_argument("--label_values", type=int, nargs="+", default=[0, 128, 255], help="label voxel values, class order")
-    parser.add_argument("--class_names", nargs="+", default=["pores", "zirconia", "nickel"])
-    parser.add_argument("--split", default="testing", help="the split to score (fitted on 'training')")
-    args = parser.parse_args(argv)
-    start = time.perf_counter()
-    report = threshold_baseline_report(args.datalist, args.dataset_dir, args.output_dir, args.label_values,
-                                       args.class_names, split=args.split)
-    summary = {k: report[k] for k in ("thresholds", "mean_dice", "accuracy", "boundary_accuracy", "interior_accuracy")}
-    summary["dice"] = {name: c["dice"] for name, c in report["classes"].items()}
-    summary["seconds"] = round(time.perf_counter() - start, 2)
-    print(json.dumps(summary, indent=2))
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,107 @@
+"""``xray-seg train | evaluate | infer``: thin fronts to the bundles' MONAI workflows.
+
+The command builds the config file list (train: train.yaml + mix-ins; evaluate:
+train.yaml + mix-ins + evaluate.yaml; infer: inference.yaml + mix-ins), checks the
+settings, prints the equivalent `python -m monai.bundle run` command and runs that
+same workflow in this process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+from pathlib import Path
+
+import yaml
+
+from xray_seg.cli.workflow import JOBS, parse_overrides, prepare
+from xray_seg.shared.errors import UserError
+from xray_seg.shared.paths import BUNDLES
+
+HELP = {
+    "train": "train a bundle's network (writes checkpoints and TensorBoard logs)",
+    "evaluate": "score a trained model on the manifest's test split (metrics, collage, curves)",
+    "infer": "segment every image or volume in a folder",
+}
+# Named flags: config ids that every user sets; any other id is given as --ID VALUE.
+NAMED = {
+    "train": ["dataset_dir", "datalist", "output_dir", "run_name", "device"],
+    "evaluate": ["dataset_dir", "datalist", "output_dir", "ckpt_path", "run_name", "device"],
+    "infer": ["dataset_dir", "output_dir", "ckpt_path", "device"],
+}
+FLAG_HELP = {
+    "dataset_dir": "data folder (infer: the folder of inputs to segment, required); default: the config's",
+    "datalist": "data manifest (JSON) with the training/validation/testing split; default: the config's",
+    "output_dir": "where reports or segmentations go; default: the config's",
+    "ckpt_path": "model weights to use; default: the config's",
+    "run_name": "name of the run folder; default: the config's",
+    "device": "cpu, cuda or cuda:N (default: cuda:0 when available)",
+}
+# Settings worth listing in --help, with each bundle's default.
+MAIN_SETTINGS = {
+    "train": ["num_epochs", "val_interval", "learning_rate", "batch_size", "image_size", "roi_size", "patch_size",
+              "num_workers", "resume", "ckpt_dir", "log_dir", "seed", "fold"],
+    "evaluate": ["split", "ckpt_dir", "output_dir"],
+    "infer": ["image_size", "roi_size", "patch_size", "slab_depth", "save_overlay", "ckpt_path", "output_dir"],
+}
+
+
+def _defaults(job: str) -> str:
+    """The main settings' defaults of every bundle, read from their configs."""
+    names = sorted(p.name for p in BUNDLES.iterdir() if (p / "configs").is_dir()) if BUNDLES.is_dir() else []
+    merged = {}
+    for name in names:
+        config: dict = {}
+        first, last = JOBS[job]
+        for file in first + last:
+            config.update(yaml.safe_load((BUNDLES / name / "configs" / file).read_text()) or {})
+        merged[name] = config
+    lines = [f"main settings (--ID VALUE), defaults for {' | '.join(names)}:"]
+    for key in MAIN_SETTINGS[job]:
+        values = [merged[n].get(key, "-") for n in names]
+        if all(v == "-" for v in values):
+            continue
+        shown = " | ".join(_show(v) for v in values)
+        lines.append(f"  --{key:<14} {shown}")
+    return "\n".join(lines)
+
+
+def _epilog(job: str) -> str:
+    return (
+        f"{_defaults(job)}\n\nAny other config id is a setting too, e.g. --num_workers 0, "
+        f"--train#dataloader#batch_size 4; values are YAML ([64,64], true, null).\n"
+        f"Unknown ids are refused with the closest valid one."
+    )
+
+
+def _show(value: object) -> str:
+    if isinstance(value, str):
+        return value.replace("$@bundle_root + '/", "<bundle>/").replace("'", "")
+    return json.dumps(value)
+
+
+def register(verbs: argparse._SubParsersAction) -> None:
+    for job in JOBS:
+        p = verbs.add_parser(job, help=HELP[job], description=HELP[job][0].upper() + HELP[job][1:] + ".\n\n" + __doc__.split("\n\n")[1],
+                             epilog_fn=lambda job=job: _epilog(job))
+        p.add_argument("--bundle", required=True,
+                       help="cxr_lungs, cxr_anatomy, xray_tomography, or the path of a bundle folder")
+        p.add_argument("--config", action="append", default=[], metavar="EXTRA.yaml",
+                       help="mix-in config from the bundle's configs folder (or a path), e.g. invertednet.yaml; repeatable")
+        for flag in NAMED[job]:
+            p.add_argument(f"--{flag}", help=FLAG_HELP[flag])
+        p.add_argument("--dry_run", action="store_true",
+                       help="check the settings and print the python -m monai.bundle run command, run nothing")
+        p.set_defaults(run=run, job=job, takes_settings=True, input_errors=(UserError,))
+
+
+def run(args: argparse.Namespace, extra: list[str]) -> int:
+    overrides = {flag: getattr(args, flag) for flag in NAMED[args.job] if getattr(args, flag) is not None}
+    overrides |= parse_overrides(extra)
+    job = prepare(args.job, args.bundle, args.config, overrides, cwd=Path.cwd())
+    print("$ " + shlex.join(job.command()), flush=True)
+    if args.dry_run:
+        return 0
+    job.run()
+    return 0

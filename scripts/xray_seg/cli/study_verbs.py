@@ -1,0 +1,166 @@
+"""``xray-seg benchmark | experiments | baseline | curves``: measurements and studies of the bundles."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from xray_seg.shared.paths import DATA, MANIFESTS
+
+DEFAULTS = argparse.ArgumentDefaultsHelpFormatter
+
+
+def parse_size(text: str) -> tuple[int, int, int]:
+    """'512' -> (512, 512, 512); '1024x1024x512' -> (z, y, x) = (512, 1024, 1024): x by y by z, as sizes are said."""
+    try:
+        parts = [int(p) for p in text.lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        parts *= 3
+    if len(parts) != 3 or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"size must be N or XxYxZ, got {text!r}")
+    x, y, z = parts
+    return z, y, x
+
+
+def _command() -> str:
+    return shlex.join(["xray-seg", *sys.argv[1:]])
+
+
+def register(verbs: argparse._SubParsersAction) -> None:
+    bench = verbs.add_parser("benchmark", help="speed, memory and accuracy of a bundle",
+                             description="Speed, memory and accuracy of a bundle, written as JSON.")
+    kinds = bench.add_subparsers(dest="kind", required=True, metavar="KIND")
+    cxr = kinds.add_parser(
+        "cxr", formatter_class=DEFAULTS, help="cxr_lungs: training and inference images/s, peak memory, test Dice",
+        description="cxr_lungs at 512x512: training and inference images/s on synthetic images and peak memory, "
+                    "each in a process of its own; the shipped model's test Dice on Montgomery when present.",
+    )  # fmt: skip
+    cxr.add_argument("--output_file", type=Path, default=Path("runs/benchmark/cxr_lungs.json"), help="report to write")
+    cxr.add_argument("--n_images", type=int, default=24, help="synthetic 512x512 images per speed run")
+    cxr.add_argument("--epochs", type=int, default=3, help="training epochs (the first is not timed)")
+    cxr.add_argument("--dataset_dir", type=Path, default=DATA / "montgomery", help="Montgomery folder for the test Dice")
+    cxr.add_argument("--phase", choices=["train", "infer", "dice"], help=argparse.SUPPRESS)
+    cxr.set_defaults(run=benchmark_cxr)
+
+    tomo = kinds.add_parser(
+        "tomo", formatter_class=DEFAULTS, help="xray_tomography: streaming inference voxels/s and peak memory",
+        description="xray_tomography: streaming sliding-window inference of synthetic volumes of each size "
+                    "(generated once, kept in the output folder), voxels/s and peak memory.",
+    )  # fmt: skip
+    tomo.add_argument("--sizes", type=parse_size, nargs="+", default=["256", "512", "1024x1024x512"],
+                      help="volume sizes, N or XxYxZ")
+    tomo.add_argument("--output_dir", type=Path, default=Path("runs/benchmark_tomo"),
+                      help="volumes, outputs and benchmark.json")
+    tomo.add_argument("--slab_depth", type=int, default=64, help="slices segmented at a time")
+    tomo.add_argument("--halo", type=int, default=16, help="context slices on each side of a slab")
+    tomo.add_argument("--max_angles", type=int, default=128, help="cap on the simulated scan's projection angles")
+    tomo.add_argument("--generate_only", action="store_true", help="make the volumes, measure nothing")
+    tomo.add_argument("--child", nargs=2, metavar=("IMAGE", "OUT"), help=argparse.SUPPRESS)
+    tomo.set_defaults(run=benchmark_tomo)
+
+    experiments = verbs.add_parser("experiments", help="the report's experiments (tomography)",
+                                   description="The seed report's experiments.")
+    kinds = experiments.add_subparsers(dest="kind", required=True, metavar="KIND")
+    exp = kinds.add_parser(
+        "tomo", formatter_class=DEFAULTS, help="noise, training-set size and 2D vs 3D on xray_tomography",
+        description="Train and score xray_tomography arms: without/with noise, training slabs of --sizes slices, "
+                    "2D slice-wise vs 3D at equal wall time. Finished arms are not run again.",
+    )  # fmt: skip
+    exp.add_argument("--output_dir", type=Path, default=Path("runs/tomo_experiments"), help="arms, table and figure")
+    exp.add_argument("--epochs", type=int, default=4, help="epochs of the noise and size arms (25 steps each)")
+    exp.add_argument("--budget_s", type=float, default=200.0, help="training wall time of the 2D and 3D arms")
+    exp.add_argument("--sizes", type=int, nargs="+", default=[5, 25, 105], help="training slices of the size arms")
+    exp.add_argument("--only", default="noise,size,dims", help="comma-separated groups to run")
+    exp.add_argument("--dataset_dir", type=Path, help="soc_ptycho folder (default: the bundle's)")
+    exp.set_defaults(run=experiments_tomo)
+
+    baseline = verbs.add_parser("baseline", help="non-learned baselines to beat",
+                                description="Non-learned baselines every model must beat.")
+    kinds = baseline.add_subparsers(dest="kind", required=True, metavar="KIND")
+    base = kinds.add_parser(
+        "tomo", formatter_class=DEFAULTS, help="two global intensity thresholds on soc_ptycho",
+        description="Fit two intensity thresholds on the manifest's training split, score --split as the "
+                    "bundle's evaluation scores the model; writes baseline_metrics.json.",
+    )  # fmt: skip
+    base.add_argument("--datalist", type=Path, default=MANIFESTS / "soc_ptycho.json", help="data manifest")
+    base.add_argument("--dataset_dir", type=Path, default=DATA / "soc_ptycho", help="data folder")
+    base.add_argument("--output_dir", type=Path, default=Path("runs/threshold_baseline"),
+                      help="where baseline_metrics.json goes")
+    base.add_argument("--label_values", type=int, nargs="+", default=[0, 128, 255], help="label voxel values, class order")
+    base.add_argument("--class_names", nargs="+", default=["pores", "zirconia", "nickel"])
+    base.add_argument("--split", default="testing", help="the split to score (fitted on 'training')")
+    base.set_defaults(run=baseline_tomo)
+
+    curves = verbs.add_parser("curves", formatter_class=DEFAULTS, help="plot training curves from TensorBoard logs",
+                              description="Plot training loss and validation Dice from a TensorBoard log folder.")
+    curves.add_argument("--log_dir", type=Path, required=True, help="TensorBoard log folder of a training run")
+    curves.add_argument("--output_file", type=Path, required=True, help="PNG to write")
+    curves.add_argument("--loss_tag", default="train_loss", help="scalar tag of the loss")
+    curves.add_argument("--metric_tag", default="val_mean_dice", help="scalar tag of the validation metric")
+    curves.set_defaults(run=plot_curves)
+
+
+def benchmark_cxr(args: argparse.Namespace) -> int:
+    from xray_seg.chest import benchmark
+
+    if args.phase:  # the child process of one measurement: its result is its last output line
+        print(json.dumps(benchmark.measure(args.phase, args.n_images, args.epochs, args.dataset_dir)))
+        return 0
+    report = benchmark.benchmark(args.output_file, args.n_images, args.epochs, args.dataset_dir, _command())
+    print(json.dumps(report, indent=2))
+    print(f"wrote {args.output_file}")
+    return 0
+
+
+def benchmark_tomo(args: argparse.Namespace) -> int:
+    from xray_seg.tomography import benchmark
+
+    sizes = [parse_size(s) if isinstance(s, str) else s for s in args.sizes]
+    if args.child:
+        overrides = {"slab_depth": args.slab_depth, "halo": args.halo}
+        print(json.dumps(benchmark.segment(Path(args.child[0]), Path(args.child[1]), overrides)))
+        return 0
+    if args.generate_only:
+        for size in sizes:
+            print(benchmark.volume_for(size, args.output_dir, args.max_angles), flush=True)
+        return 0
+    report = benchmark.benchmark(sizes, args.output_dir, args.slab_depth, args.halo, args.max_angles, _command())
+    print(json.dumps(report, indent=2))
+    print(f"wrote {args.output_dir / 'benchmark.json'}")
+    return 0
+
+
+def experiments_tomo(args: argparse.Namespace) -> int:
+    from xray_seg.tomography.experiments import run_experiments
+
+    dataset_dir = str(args.dataset_dir.resolve()) if args.dataset_dir else None
+    run_experiments(args.output_dir, args.epochs, args.budget_s, args.sizes, set(args.only.split(",")), dataset_dir)
+    print(f"wrote {args.output_dir / 'results.md'} and {args.output_dir / 'results.png'}")
+    return 0
+
+
+def baseline_tomo(args: argparse.Namespace) -> int:
+    from xray_seg.tomography.evaluation import threshold_baseline_report
+
+    start = time.perf_counter()
+    report = threshold_baseline_report(str(args.datalist), str(args.dataset_dir), str(args.output_dir),
+                                       args.label_values, args.class_names, split=args.split)
+    summary = {k: report[k] for k in ("thresholds", "mean_dice", "accuracy", "boundary_accuracy", "interior_accuracy")}
+    summary["dice"] = {name: c["dice"] for name, c in report["classes"].items()}
+    summary["seconds"] = round(time.perf_counter() - start, 2)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def plot_curves(args: argparse.Namespace) -> int:
+    from xray_seg.shared.figures import plot_training_curves
+
+    plot_training_curves(args.log_dir, args.output_file, loss_tag=args.loss_tag, metric_tag=args.metric_tag)
+    print(args.output_file)
+    return 0
