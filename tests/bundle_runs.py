@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from xray_seg.cli.workflow import bundle_command
+from xray_seg.shared.bundles import bundle_command
 
 
 def run_bundle(bundle: Path, config_files: list[str], expect: int = 0, **overrides: object) -> subprocess.CompletedProcess:

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from xray_seg.shared.atomic import write_text
-from xray_seg.cli.workflow import bundle_command
+from xray_seg.shared.bundles import bundle_command
 from xray_seg.chest.manifest import build_manifest
 from xray_seg.shared.resume import latest_checkpoint
 from xray_seg.synthetic.cxr import generate_dataset

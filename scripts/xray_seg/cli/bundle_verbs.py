@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from xray_seg.cli.workflow import JOBS, parse_overrides, prepare
+from xray_seg.shared.bundles import JOBS, parse_overrides, prepare
 from xray_seg.shared.errors import UserError
 from xray_seg.shared.paths import BUNDLES
 

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from xray_seg.chest.manifest import build_manifest
-from xray_seg.cli.workflow import bundle_command
+from xray_seg.shared.bundles import bundle_command
 from xray_seg.shared.atomic import write_text
 from xray_seg.shared.paths import BUNDLES
 from xray_seg.synthetic.cxr import generate_dataset

@@ -50,20 +50,28 @@ def staging_dir(output_dir: str) -> str:
     return str(Path(output_dir) / ".partial")
 
 
-def check_device(device: object) -> None:
-    """Refuse a CUDA device on a machine without one, before any work (``--device cuda``)."""
+def device_problem(device: object) -> str | None:
+    """Why ``device`` cannot be used here (a CUDA device on a machine without it), or None."""
     import torch
 
     name = str(device)
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            fail(f"--device {name}: CUDA is not available on this machine (no GPU or a CPU-only torch build); "
-                 "use --device cpu or leave --device out")
+            return (f"--device {name}: CUDA is not available on this machine (no GPU or a CPU-only torch build); "
+                    "use --device cpu or leave --device out")
         index = torch.device(name).index
         if index is not None and index >= torch.cuda.device_count():
-            fail(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    elif name not in ("cpu", "mps") and not name.startswith(("cpu:", "mps:")):
-        fail(f"--device {name}: unknown device; use cpu or cuda[:N]")
+            return f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+    elif name.split(":")[0] not in ("cpu", "mps"):
+        return f"--device {name}: unknown device; use cpu or cuda[:N]"
+    return None
+
+
+def check_device(device: object) -> None:
+    """Config entry point: refuse an unusable device before any work (``--device cuda``)."""
+    problem = device_problem(device)
+    if problem:
+        fail(problem)
 
 
 def checkpoint(path: str) -> str:

@@ -31,7 +31,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from xray_seg.shared.atomic import atomic_path, write_text
-from xray_seg.cli.workflow import bundle_command
+from xray_seg.shared.bundles import bundle_command
 from xray_seg.shared.errors import UserError
 from xray_seg.shared.paths import REPO
 

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from xray_seg.shared.errors import UserError
+from xray_seg.shared.inputs import device_problem
 from xray_seg.shared.paths import BUNDLES
 
 # The config files of each job, in merge order; mix-ins (--config) go before the job's own last file.
@@ -143,20 +144,6 @@ def check_overrides(overrides: dict[str, Any], config_files: list[Path], what: s
         raise UserError(f"unknown setting --{key} for {what}; {hint}")
 
 
-def check_device(device: Any) -> None:
-    """``cuda``/``cuda:N`` only where that GPU exists."""
-    text = str(device)
-    if not text.startswith("cuda"):
-        return
-    import torch
-
-    if not torch.cuda.is_available():
-        raise UserError(f"--device {text}: CUDA is not available on this machine (use --device cpu)")
-    index = int(text.split(":")[1]) if ":" in text and text.split(":")[1].isdigit() else 0
-    if index >= torch.cuda.device_count():
-        raise UserError(f"--device {text}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-
-
 def absolute_paths(overrides: dict[str, Any], cwd: Path) -> dict[str, Any]:
     """Path-valued overrides (ids ending in _dir, _path, _file, _root, or datalist) made absolute against ``cwd``."""
     out = {}
@@ -211,7 +198,9 @@ def prepare(job: str, bundle: str | Path, mixins: list[str], overrides: dict[str
     job_ = BundleJob(folder, job, files, absolute_paths(overrides, cwd or Path.cwd()))
     check_overrides(job_.overrides, files, job_.what)
     if "device" in job_.overrides:
-        check_device(job_.overrides["device"])
+        problem = device_problem(job_.overrides["device"])
+        if problem:
+            raise UserError(problem)
         if str(job_.overrides["device"]) == "cpu" and "amp" not in job_.overrides and "amp" in defined_ids(files):
             job_.overrides["amp"] = False  # the configs turn AMP on whenever CUDA exists
     if job == "infer" and "dataset_dir" not in job_.overrides:
