@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 import tifffile
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from dicom_files import write_dicom_series
 
 from xray_seg.tomography import volume_io
 from xray_seg.tomography.volume_io import (
@@ -82,45 +81,6 @@ def write_slices(folder: Path, volume: np.ndarray, pattern: str = "scan{:04d}.ti
             Image.fromarray(image).save(path)
         else:
             tifffile.imwrite(path, image)
-    return folder
-
-
-def write_dicom_series(
-    folder: Path,
-    volume: np.ndarray,
-    spacing=(2.5, 0.7, 0.5),
-    origin=(10.0, -20.0, 30.0),
-    row=(1.0, 0.0, 0.0),
-    col=(0.0, 0.0, -1.0),
-    rescale: tuple[float, float] | None = None,
-) -> Path:
-    """One CT file per z slice, without extension, named in reverse z order (ITK must sort by position)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    normal = np.cross(row, col)
-    study, series, frame = generate_uid(), generate_uid(), generate_uid()
-    for z, plane in enumerate(volume):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
-        ds.Modality, ds.PatientName, ds.PatientID, ds.InstanceNumber = "CT", "Synthetic^Volume", "0", z + 1
-        ds.ImagePositionPatient = [float(v) for v in np.asarray(origin) + z * spacing[0] * normal]
-        ds.ImageOrientationPatient = [float(v) for v in (*row, *col)]
-        ds.PixelSpacing = [spacing[1], spacing[2]]  # [between rows (y), between columns (x)]
-        ds.SliceThickness = spacing[0]
-        ds.Rows, ds.Columns = plane.shape
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated = ds.BitsStored = plane.dtype.itemsize * 8
-        ds.HighBit = ds.BitsStored - 1
-        ds.PixelRepresentation = int(plane.dtype.kind == "i")
-        if rescale:
-            ds.RescaleSlope, ds.RescaleIntercept = rescale
-        ds.PixelData = plane.tobytes()
-        ds.save_as(folder / f"CT.1.2.{len(volume) - z}", enforce_file_format=True)
     return folder
 
 

@@ -30,6 +30,8 @@ from monai.metrics import (
     compute_confusion_matrix_metric,
 )
 
+from xray_seg.shared.errors import or_exit
+from xray_seg.shared.outputs import prepare_output_dir, publish_folder
 from xray_seg.shared.reports import class_scores_from_confusion, confusion_matrix, write_report
 from xray_seg.shared.figures import BLUE, RED, label_overlay, overlay, plot_training_curves, save_collage
 
@@ -286,8 +288,11 @@ class StagedOutputs:
     """Write inference outputs to a staging folder and publish them only on success.
 
     A failed or interrupted run leaves ``output_dir`` as it was: no half-written
-    or partial set of masks. Files are moved with ``os.replace`` (atomic on one
-    file system, and the staging folder lives inside ``output_dir``).
+    or partial set of masks. The staging folder lives inside ``output_dir``; on
+    success it is committed with one rename and its files moved into place
+    (``xray_seg.shared.outputs.publish_folder``, which also says what a reader
+    sees). At the start, what a killed earlier run left (its staging folder,
+    temporary files, an interrupted publish) is cleaned up or completed.
     """
 
     def __init__(self, staging_dir: str, output_dir: str) -> None:
@@ -300,16 +305,12 @@ class StagedOutputs:
         engine.add_event_handler(Events.EXCEPTION_RAISED, self.discard)
 
     def prepare(self, _: Engine) -> None:
+        or_exit(lambda: prepare_output_dir(self.output_dir))
         shutil.rmtree(self.staging_dir, ignore_errors=True)
         self.staging_dir.mkdir(parents=True)
 
     def publish(self, _: Engine) -> None:
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        moved = 0
-        for path in sorted(self.staging_dir.iterdir()):
-            path.replace(self.output_dir / path.name)
-            moved += 1
-        shutil.rmtree(self.staging_dir, ignore_errors=True)
+        moved = publish_folder(self.staging_dir, self.output_dir)
         logger.info("wrote %d files to %s", moved, self.output_dir)
 
     def discard(self, _: Engine, error: Exception) -> None:

@@ -2,7 +2,7 @@
 
 Each turns the project's own input errors into one ``ERROR:`` line and exit
 status 2 (``xray_seg.shared.errors``), before any output is written. The volume
-entry points are in ``xray_seg.tomography.inputs``.
+entry points are in ``xray_seg.tomography.inputs`` and ``xray_seg.tomography.inference``.
 """
 
 from __future__ import annotations
@@ -11,22 +11,33 @@ from pathlib import Path
 
 from xray_seg.shared.errors import fail, or_exit
 from xray_seg.shared.image_checks import check_readable, image_stem, list_image_files
+from xray_seg.shared.outputs import STAGING_NAME, check_output_dir
 from xray_seg.shared.splits import load_split
 
 
-def cases(manifest: str, dataset_dir: str, split: str, fold: int | None = None) -> list[dict]:
-    """Items of one split of a data manifest, with paths under ``dataset_dir``."""
-    return or_exit(lambda: load_split(manifest, dataset_dir, split, fold))
+def cases(manifest: str, dataset_dir: str, split: str, fold: int | None = None,
+          output_dir: str | None = None) -> list[dict]:
+    """Items of one split of a data manifest, with paths under ``dataset_dir``; with
+    ``output_dir`` (an evaluation's report folder), the destination is checked first."""
+    def load() -> list[dict]:
+        if output_dir is not None:
+            check_output_dir(output_dir)
+        return load_split(manifest, dataset_dir, split, fold)
+
+    return or_exit(load)
 
 
-def images_in(folder: str | None) -> list[dict]:
+def images_in(folder: str | None, output_dir: str | None = None) -> list[dict]:
     """Every supported image in ``folder`` as ``{"image": path}``, all decoded once up front
-    so that an unreadable file stops the run before any mask is written."""
+    so that an unreadable file stops the run before any mask is written. With
+    ``output_dir``, the destination is checked first (before the slow decoding)."""
 
     if not folder:
         fail("no input folder: pass --dataset_dir IN (the folder of images to segment)")
 
     def scan() -> list[dict]:
+        if output_dir is not None:
+            check_output_dir(output_dir)
         paths = list_image_files(folder)
         _check_unique_stems(paths)
         check_readable(paths)
@@ -47,7 +58,9 @@ def _check_unique_stems(paths: list[Path]) -> None:
 
 
 def staging_dir(output_dir: str) -> str:
-    return str(Path(output_dir) / ".partial")
+    """The staging folder inside ``output_dir`` (see ``StagedOutputs``), after checking that
+    ``output_dir`` can be written: a bad destination stops the run before inference."""
+    return str(or_exit(lambda: check_output_dir(output_dir)) / STAGING_NAME)
 
 
 def device_problem(device: object) -> str | None:

@@ -95,3 +95,18 @@ def load_split(
         raise ValueError(f"manifest {manifest_path}: split {split!r} is empty{hint}")
     _check_files_exist(items, split, manifest_path, dataset_dir)
     return items
+
+
+def write_manifest(output_file: str | os.PathLike, manifest: dict) -> Path:
+    """Write ``manifest`` as JSON to ``output_file`` atomically (a reader never sees half of it).
+
+    Call ``xray_seg.shared.outputs.check_output_file(output_file)`` before building the
+    manifest, so a bad destination is refused before the dataset is read; it is checked
+    here again in case it changed meanwhile. Raises UserError naming the file.
+    """
+    from xray_seg.shared.atomic import write_text
+    from xray_seg.shared.outputs import check_output_file
+
+    path = check_output_file(output_file)
+    write_text(path, json.dumps(manifest, indent=2) + "\n")
+    return path

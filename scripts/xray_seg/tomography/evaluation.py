@@ -17,6 +17,8 @@ import numpy as np
 from scipy import ndimage
 
 from xray_seg.shared.atomic import write_text
+from xray_seg.shared.errors import or_exit
+from xray_seg.shared.outputs import check_output_file
 from xray_seg.tomography.inputs import volume_cases
 from xray_seg.shared.reports import class_scores_from_confusion, confusion_matrix, to_jsonable
 from xray_seg.tomography.threshold_baseline import apply_thresholds, fit_thresholds
@@ -82,6 +84,7 @@ def threshold_baseline_report(
     split: str = "testing",
 ) -> dict:
     """Fit two global thresholds on ``fit_split``, score them on ``split``; write baseline_metrics.json."""
+    path = or_exit(lambda: check_output_file(Path(output_dir) / "baseline_metrics.json"))  # before the slow part
     train = _slabs(datalist, dataset_dir, fit_split, label_values)
     image = np.concatenate([i.ravel() for i, _ in train])
     labels = np.concatenate([l.ravel() for _, l in train])
@@ -94,7 +97,6 @@ def threshold_baseline_report(
     report.update(_band_accuracy(pred == truth, np.concatenate([boundary_band(l).ravel() for _, l in test])))
     report = {"method": "two global intensity thresholds fitted on the training split",
               "thresholds": list(map(float, thresholds)), "fit_split": fit_split, "split": split, **report}
-    path = Path(output_dir) / "baseline_metrics.json"
     write_text(path, json.dumps(to_jsonable(report), indent=2) + "\n")
     logger.info("threshold baseline: mean Dice %.4f, boundary accuracy %.4f; wrote %s",
                 report["mean_dice"], report["boundary_accuracy"], path)

@@ -27,9 +27,21 @@ import torch
 from ignite.engine import Engine, Events, State
 from tqdm import tqdm
 
-from xray_seg.shared.errors import fail, or_exit
+from xray_seg.shared.errors import UserError, fail, or_exit
+from xray_seg.shared.folders import visible_entries
+from xray_seg.shared.integrity import non_finite_count, non_finite_message
+from xray_seg.shared.machine import available_memory, gib
+from xray_seg.shared.outputs import check_output_dir, prepare_output_dir
 from xray_seg.tomography.transforms import intensity_range, scale
-from xray_seg.tomography.volume_io import SlabReader, SlabWriter, VolumeError, is_volume_file, output_path
+from xray_seg.tomography.volume_io import (
+    SlabReader,
+    SlabWriter,
+    VolumeError,
+    check_volume,
+    is_volume_file,
+    output_path,
+    whole_read_bytes,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +58,7 @@ def find_volumes(dataset_dir: str | os.PathLike) -> list[Path]:
         return [root]
     if not root.is_dir():
         raise VolumeError(f"{root} does not exist")
-    entries = sorted(p for p in root.iterdir() if not p.name.startswith("."))
+    entries = visible_entries(root, VolumeError)
     volumes = [p for p in entries if p.is_dir() or is_volume_file(p)]
     if not volumes and entries:
         return [root]  # the folder is itself a stack of slices or a DICOM series
@@ -87,7 +99,11 @@ def segment_volume(
             for z0 in tqdm(starts, desc=Path(path).name, unit="slab", disable=not progress):
                 z1 = min(depth, z0 + slab_depth)
                 a0, a1 = max(0, z0 - halo), min(depth, z1 + halo)
-                slab = scale(torch.from_numpy(reader.read(a0, a1).astype(np.float32)), lo, hi)
+                raw = reader.read(a0, a1)
+                if bad := non_finite_count(raw):
+                    # Inside the writer's ``with``: the temporary output is removed, nothing published.
+                    raise VolumeError(f"{path}: {non_finite_message(bad, raw.size, f' of slices {a0}..{a1 - 1}')}")
+                slab = scale(torch.from_numpy(raw.astype(np.float32)), lo, hi)
                 logits = inferer(slab[None, None], network)
                 labels = logits[0, :, z0 - a0 : z1 - a0].argmax(0).to(torch.uint8).cpu().numpy()
                 writer.write(z0, labels)
@@ -95,21 +111,47 @@ def segment_volume(
     return Path(out_path)
 
 
-def volume_items(dataset_dir: str) -> list[dict]:
+def _check_memory(reader: SlabReader) -> None:
+    """Refuse a volume that must be read whole (not streamed) when it would not fit in memory."""
+    need, free = whole_read_bytes(reader), available_memory()
+    if need and free is not None and need > free:
+        raise VolumeError(
+            f"{reader.path}: {reader.meta.format} volume {'x'.join(map(str, reader.shape))} {reader.dtype.name} is "
+            f"read whole (this format does not stream) and needs about {gib(need)}, but only {gib(free)} of memory "
+            "is available; convert it to uncompressed .nii or a TIFF stack, which are read slab by slab"
+        )
+
+
+def _check_output_names(volumes: list[Path]) -> None:
+    """Outputs are named by input stem: x.mha and x.mhd (or a DICOM folder x and x.nii.gz) would collide."""
+    by_name: dict[str, list[str]] = {}
+    for path in volumes:
+        by_name.setdefault(output_path(path, ".").name, []).append(path.name)
+    clashes = [names for names in by_name.values() if len(names) > 1]
+    if clashes:
+        listed = "; ".join(", ".join(names) for names in clashes)
+        raise VolumeError(f"{volumes[0].parent}: inputs whose outputs would have the same name: {listed}")
+
+
+def volume_items(dataset_dir: str, output_dir: str | None = None) -> list[dict]:
     """``{"image": path}`` for every volume of ``dataset_dir``, each opened and checked
-    up front, so a bad file stops the run (one ``ERROR:`` line, exit status 2)
-    before anything is written."""
+    up front (readable, whole gzip stream, memory for formats read whole, distinct
+    output names; and ``output_dir`` writable when given), so a bad file stops the
+    run (one ``ERROR:`` line, exit status 2) before anything is written."""
     if not dataset_dir:
         fail("no input folder: pass --dataset_dir IN (volumes, slice folders or DICOM series to segment)")
 
     def scan() -> list[Path]:
+        if output_dir is not None:
+            check_output_dir(output_dir)
         volumes = find_volumes(dataset_dir)
+        _check_output_names(volumes)
         for path in volumes:
-            with SlabReader(path):
-                pass
+            with check_volume(path) as reader:
+                _check_memory(reader)
         return volumes
 
-    return [{"image": str(path)} for path in or_exit(scan, (VolumeError,))]
+    return [{"image": str(path)} for path in or_exit(scan, (VolumeError, UserError))]
 
 
 class VolumeSegmenter(Engine):
@@ -134,25 +176,30 @@ class VolumeSegmenter(Engine):
         suffix: str = "_seg",
     ) -> None:
         super().__init__(self._segment)
+        or_exit(lambda: check_output_dir(output_dir))  # before the first volume is segmented
         self.dataset = dataset
         self.settings = dict(network=network, inferer=inferer, slab_depth=slab_depth, halo=halo, lower=lower, upper=upper)
         self.output_dir, self.suffix = output_dir, suffix
 
     def _segment(self, engine: Engine, item: dict) -> dict:
         out = output_path(item["image"], self.output_dir, self.suffix)
-        segment_volume(item["image"], out, **self.settings)
+        # A problem found while streaming (non-finite voxels, an unreadable slab) is bad input
+        # too: one ERROR: line and exit 2 (a SystemExit, which ignite's exception handlers
+        # do not log as a traceback); the volume's temporary output is already removed.
+        or_exit(lambda: segment_volume(item["image"], out, **self.settings), (VolumeError,))
         logger.info("wrote %s", out)
         return {"image": item["image"], "output": str(out)}
 
     def run(self, data: Sequence[dict] | None = None, max_epochs: int = 1, **kwargs) -> State:
         items = self.dataset if data is None else data
+        or_exit(lambda: prepare_output_dir(self.output_dir))  # debris of a killed run
         return super().run([items[i] for i in range(len(items))], max_epochs=max_epochs, **kwargs)
 
 
 def segment_folder(dataset_dir: str, output_dir: str, network: torch.nn.Module, inferer: Inferer, **settings) -> list[Path]:
     """Segment every volume of ``dataset_dir`` into ``output_dir``; the paths written.
     ``settings``: those of ``VolumeSegmenter`` (slab_depth, halo, lower, upper, suffix)."""
-    engine = VolumeSegmenter(volume_items(dataset_dir), output_dir, network, inferer, **settings)
+    engine = VolumeSegmenter(volume_items(dataset_dir, output_dir), output_dir, network, inferer, **settings)
     written: list[Path] = []
     engine.add_event_handler(Events.ITERATION_COMPLETED, lambda e: written.append(Path(e.state.output["output"])))
     engine.run()

@@ -6,18 +6,23 @@ from __future__ import annotations
 import numpy as np
 
 from xray_seg.shared.errors import or_exit
+from xray_seg.shared.outputs import check_output_dir
 from xray_seg.shared.splits import load_split
-from xray_seg.tomography.volume_io import SlabReader, check_same_shape, read_volume
+from xray_seg.tomography.volume_io import check_same_shape, check_volume, read_volume
 
 
-def volume_cases(manifest: str, dataset_dir: str, split: str, label_values: list[int] | None = None) -> list[dict]:
+def volume_cases(manifest: str, dataset_dir: str, split: str, label_values: list[int] | None = None,
+                 output_dir: str | None = None) -> list[dict]:
     """Items of one split of a volume or slab manifest, every volume opened and
-    checked up front: readable, image and label of one shape, and, with
-    ``label_values``, label voxels only of those values."""
+    checked up front: readable (a .nii.gz's whole gzip stream), image and label of
+    one shape, and, with ``label_values``, label voxels only of those values. With
+    ``output_dir`` (an evaluation's report folder), the destination is checked first."""
     def scan() -> list[dict]:
+        if output_dir is not None:
+            check_output_dir(output_dir)
         items = load_split(manifest, dataset_dir, split)
         for item in items:
-            with SlabReader(item["image"]) as image, SlabReader(item["label"]) as label:
+            with check_volume(item["image"]) as image, check_volume(item["label"]) as label:
                 check_same_shape(image.meta, label.meta)
             if label_values is not None:
                 slices = item.get("slices")

@@ -27,8 +27,16 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
+from xray_seg.shared.folders import visible_entries
 from xray_seg.shared.splits import SPLITS, ManifestError
-from xray_seg.tomography.volume_io import SlabReader, VolumeError, check_same_shape, is_volume_file, volume_format
+from xray_seg.tomography.volume_io import (
+    SlabReader,
+    VolumeError,
+    check_same_shape,
+    check_volume,
+    is_volume_file,
+    volume_format,
+)
 
 TOMOGRAPHY_LABELS = {"0": "pores", "1": "zirconia", "2": "nickel"}
 
@@ -57,11 +65,17 @@ def slab_ranges(depth: int, val_fraction: float, test_fraction: float, gap: int)
 
 
 def _is_slice_folder(folder: Path, files: list[Path]) -> bool:
-    """A folder of single-page TIFFs is one stack of slices; of multi-page TIFFs, several volumes."""
-    if volume_format(folder) == "dicom":
-        return True
+    """A folder of single-page TIFFs is one stack of slices; of multi-page TIFFs, several volumes.
+
+    ``files`` are the folder's volume files; a folder of NIfTI/NRRD/MHA files is never a stack.
+    """
     if not all(p.name.lower().endswith((".tif", ".tiff")) for p in files):
-        return False
+        return False  # a DICOM series has no volume suffixes, and medical files are volumes
+    try:
+        if volume_format(folder) == "dicom":
+            return True
+    except VolumeError as err:
+        raise ManifestError(str(err)) from None
     try:
         with tifffile.TiffFile(files[0]) as tif:
             return len(tif.pages) == 1
@@ -71,7 +85,7 @@ def _is_slice_folder(folder: Path, files: list[Path]) -> bool:
 
 def _open(path: Path) -> SlabReader:
     try:
-        return SlabReader(path)
+        return check_volume(path)
     except VolumeError as err:
         raise ManifestError(str(err)) from None
 
@@ -112,7 +126,7 @@ def build_slab_manifest(
         "labels": label_names or TOMOGRAPHY_LABELS,
         "seed": seed,
     }
-    volume_files = sorted(p for p in image_dir.iterdir() if is_volume_file(p))
+    volume_files = [p for p in visible_entries(image_dir, ManifestError) if is_volume_file(p)]
     stack = not volume_files or _is_slice_folder(image_dir, volume_files)
     if stack or len(volume_files) == 1:
         image = image_dir if stack else volume_files[0]

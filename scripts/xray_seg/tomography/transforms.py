@@ -86,10 +86,13 @@ class LoadVolumed(MapTransform):
                 array = self._map_labels(array, str(d[key]))
             tensor = torch.from_numpy(np.ascontiguousarray(array))[None]
             tensor = tensor.long() if is_label else tensor.float()
+            # The z range read, [0, depth] for a whole volume: never None, which MONAI's
+            # collation cannot batch (several whole volumes in one manifest).
+            z_range = [0, meta.shape[0]] if slices is None else [int(s) for s in slices]
             d[key] = MetaTensor(
                 tensor,
                 affine=_affine(meta.spacing),
-                meta={"filename_or_obj": str(d[key]), "spacing": list(meta.spacing), "slices": slices},
+                meta={"filename_or_obj": str(d[key]), "spacing": list(meta.spacing), "slices": z_range},
             )
         if self.label_key in metas and len(metas) > 1:
             image_meta = next(m for k, m in metas.items() if k != self.label_key)

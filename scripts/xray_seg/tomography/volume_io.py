@@ -34,6 +34,7 @@ import os
 import re
 import shutil
 import tempfile
+import zlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,8 @@ import tifffile
 from PIL import Image
 
 from xray_seg.shared.atomic import atomic_path
+from xray_seg.shared.folders import visible_entries
+from xray_seg.shared.integrity import gzip_problem, non_finite_in_file, non_finite_message
 
 SUPPORTED_DTYPES = tuple(
     np.dtype(t) for t in ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
@@ -152,7 +155,8 @@ def is_volume_file(path: str | os.PathLike) -> bool:
 
 
 def _visible_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    """Visible files of ``folder``; a broken link or link loop among them is a VolumeError naming it."""
+    return [p for p in visible_entries(folder, VolumeError) if p.is_file()]
 
 
 def _is_dicom(path: Path) -> bool:
@@ -462,6 +466,13 @@ def _dicom_series(folder: Path) -> tuple[list[str], VolumeMeta]:
         if len(uids) > 1:
             raise _error(folder, f"holds {len(uids)} DICOM series; put each series in its own folder")
         files = [str(f) for f in names.GetFileNames(uids[0])]  # sorted along the slice normal
+    # GDCM leaves out, with at most a warning, files it cannot parse: a damaged slice
+    # would silently give a volume one slice thinner.
+    outside = sorted({p.name for p in _visible_files(folder)} - {Path(f).name for f in files})
+    if outside:
+        raise _error(folder, f"{len(outside)} of {len(outside) + len(files)} files are not readable slices of the "
+                              f"DICOM series: {', '.join(outside[:5])}{' ...' if len(outside) > 5 else ''} "
+                              "(damaged, or not DICOM: remove them or repair the series)")
     _, dtype = _itk_header(Path(files[0]))
     reader = _dicom_reader(files, dtype)
     with _library_errors(folder, "read the DICOM series"):
@@ -615,6 +626,51 @@ class SlabReader:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _check_nifti_stream(path: Path) -> None:
+    """The checks ITK skips on a NIfTI file, in one pass over its bytes (one decompression):
+    the gzip checksum of a .nii.gz, and non-finite voxels, which ITK's NIfTI reader turns
+    into 0 without a word (a NaN-damaged volume would be segmented as if whole)."""
+    import nibabel
+
+    compressed = path.name.lower().endswith(".gz")
+    try:
+        header = nibabel.load(path).header
+        dtype, offset = header.get_data_dtype(), int(header.get_data_offset())
+    except Exception:  # an unreadable header: SlabReader names the problem
+        return
+    if dtype.kind != "f":
+        if compressed and (problem := gzip_problem(path)):
+            raise _error(path, problem)
+        return
+    try:
+        bad = non_finite_in_file(path, offset, dtype, compressed)
+    except (OSError, EOFError, zlib.error) as err:
+        raise _error(path, f"damaged {'gzip data' if compressed else 'file'} ({type(err).__name__}: {err})") from None
+    if bad:
+        raise _error(path, non_finite_message(bad, int(np.prod(header.get_data_shape())))
+                     + " (ITK would read them as 0)")
+
+
+def check_volume(path: str | os.PathLike) -> SlabReader:
+    """Open ``path`` as ``SlabReader`` does, after the checks it skips for speed on NIfTI
+    files (``_check_nifti_stream``: about one read of the file). For up-front checks;
+    the caller closes the reader."""
+    path = Path(path)
+    if path.is_file() and _file_suffix(path) in (".nii", ".nii.gz"):
+        _check_nifti_stream(path)
+    return SlabReader(path)
+
+
+def whole_read_bytes(reader: SlabReader) -> int:
+    """Memory a non-streamed volume takes to read (0 when it streams): ITK decompresses
+    .nii.gz into a buffer beside the volume (peak about twice its size), and the
+    volume then stays cached for the slabs cut from it."""
+    if reader.streams:
+        return 0
+    nbytes = int(np.prod(reader.shape)) * reader.dtype.itemsize
+    return 2 * nbytes
 
 
 def read_volume(path: str | os.PathLike, slices: tuple[int, int] | None = None) -> tuple[np.ndarray, VolumeMeta]:
