@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
-from xray_seg.shared.atomic import write_text
 from xray_seg.shared.errors import UserError
-from xray_seg.shared.splits import ManifestError
+from xray_seg.shared.outputs import check_output_file
+from xray_seg.shared.splits import ManifestError, write_manifest
 
 
 def register_manifest(verbs: argparse._SubParsersAction) -> None:
@@ -53,7 +52,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _write(manifest: dict, output_file: Path) -> None:
-    write_text(output_file, json.dumps(manifest, indent=2) + "\n")
+    write_manifest(output_file, manifest)  # checks the destination again, writes atomically
 
 
 def _refuse(err: ManifestError) -> UserError:
@@ -64,6 +63,7 @@ def manifest_images(args: argparse.Namespace) -> int:
     from xray_seg.chest.manifest import build_manifest
 
     structures = None if args.structures is None else [s.strip() for s in args.structures.split(",")]
+    check_output_file(args.output_file)  # before the slow scan of every image
     try:
         manifest = build_manifest(
             args.dataset_dir, images=args.images, masks=args.masks, seed=args.seed,
@@ -82,6 +82,7 @@ def manifest_images(args: argparse.Namespace) -> int:
 def manifest_volumes(args: argparse.Namespace) -> int:
     from xray_seg.tomography.slab_manifest import build_slab_manifest
 
+    check_output_file(args.output_file)  # before every volume is opened
     try:
         manifest = build_slab_manifest(
             args.dataset_dir, images=args.images, labels=args.labels, val_fraction=args.val_fraction,
