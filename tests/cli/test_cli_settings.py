@@ -173,3 +173,20 @@ def test_relative_paths_are_taken_from_the_working_directory(
     assert pairs["--dataset_dir"] == str(tmp_path / "in") and pairs["--output_dir"] == str(tmp_path / "out")
     assert pairs["--ckpt_path"] == str(tmp_path / "w.pt")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "w.pt"]  # a dry run writes nothing
+
+
+@pytest.mark.parametrize("launch,expected", [
+    (["--nproc", "2"], ["--nproc_per_node", "2", "--standalone"]),
+    (["--nnodes", "2", "--node_rank", "1", "--rdzv_endpoint", "127.0.0.1:29511"],
+     ["--nnodes", "2", "--node_rank", "1", "--rdzv_backend", "c10d", "--rdzv_endpoint", "127.0.0.1:29511"]),
+])
+def test_train_on_several_processes_wraps_torchrun(launch: list[str], expected: list[str],
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = cli(["train", "--bundle", "cxr_anatomy", *launch, "--config", "invertednet.yaml", "--dry_run"],
+                       capsys)
+    command = shlex.split(out.strip().splitlines()[-1][2:])
+    assert code == 0 and command[1:3] == ["-m", "torch.distributed.run"]
+    assert " ".join(expected) in " ".join(command)
+    configs = json.loads(command[command.index("--config_file") + 1])
+    # The distributed mix-in right after train.yaml, the user's own after it.
+    assert [Path(c).name for c in configs] == ["train.yaml", "multi_gpu_train.yaml", "invertednet.yaml"]

@@ -92,10 +92,12 @@ def check_ranks(run_dir: Path, epochs: int) -> None:
 
 
 def test_two_processes_train_like_one_with_the_same_global_batch(data: dict[str, Path], tmp_path: Path) -> None:
+    # Through `xray-seg train --nproc 2`, which wraps torchrun and adds multi_gpu_train.yaml.
+    settings = bundle_args([], tmp_path / "ddp", data, batch_size=2)
+    settings = settings[settings.index("--dataset_dir"):]
     ddp = check(subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         *bundle_args(distributed_configs(data), tmp_path / "ddp", data, batch_size=2)],
-        capture_output=True, text=True, timeout=600))
+        [sys.executable, "-m", "xray_seg.cli", "train", "--bundle", "cxr_lungs", "--nproc", "2",
+         "--config", str(data["mixin"]), *settings], capture_output=True, text=True, timeout=600))
     check_ranks(tmp_path / "ddp", SMALL["num_epochs"])
     single = check(subprocess.run(
         [sys.executable, *bundle_args([str(CONFIGS / "train.yaml")], tmp_path / "one", data, batch_size=4)],

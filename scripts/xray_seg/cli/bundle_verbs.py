@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -41,8 +43,8 @@ FLAG_HELP = {
 # Settings worth listing in --help, with each bundle's default.
 MAIN_SETTINGS = {
     "train": ["num_epochs", "val_interval", "learning_rate", "batch_size", "image_size", "roi_size", "patch_size",
-              "num_workers", "resume", "ckpt_dir", "log_dir", "seed", "fold"],
-    "evaluate": ["split", "ckpt_dir", "output_dir"],
+              "num_workers", "resume", "run_dir", "ckpt_dir", "init_weights", "seed", "fold"],
+    "evaluate": ["split", "ckpt_path", "output_dir"],
     "infer": ["image_size", "roi_size", "patch_size", "slab_depth", "save_overlay", "ckpt_path", "output_dir"],
 }
 
@@ -91,17 +93,47 @@ def register(verbs: argparse._SubParsersAction) -> None:
                        help="mix-in config from the bundle's configs folder (or a path), e.g. invertednet.yaml; repeatable")
         for flag in NAMED[job]:
             p.add_argument(f"--{flag}", help=FLAG_HELP[flag])
+        if job == "train":
+            launch = p.add_argument_group("several processes or machines (torchrun; multi_gpu_train.yaml)")
+            launch.add_argument("--nproc", type=int, default=1,
+                                help="processes on this machine: one per GPU, or CPU processes with gloo (default: 1)")
+            launch.add_argument("--nnodes", type=int, default=1, help="machines taking part (default: 1)")
+            launch.add_argument("--node_rank", type=int, default=0, help="this machine's rank, 0..nnodes-1")
+            launch.add_argument("--rdzv_endpoint", default="127.0.0.1:29400",
+                                help="host:port where the machines meet, on node 0 (default: %(default)s)")
+            launch.add_argument("--rdzv_id", default="xray-seg", help="the same on every machine of one run")
         p.add_argument("--dry_run", action="store_true",
                        help="check the settings and print the python -m monai.bundle run command, run nothing")
         p.set_defaults(run=run, job=job, takes_settings=True, input_errors=(UserError,))
 
 
+def distributed(args: argparse.Namespace) -> bool:
+    return args.job == "train" and (args.nproc > 1 or args.nnodes > 1)
+
+
+def torchrun_command(args: argparse.Namespace, bundle_cmd: list[str]) -> list[str]:
+    """PyTorch's own launcher (torchrun) around the bundle command: it starts the processes,
+    sets RANK/LOCAL_RANK/WORLD_SIZE and the rendezvous; multi_gpu_train.yaml does the rest."""
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(args.nproc)]
+    if args.nnodes > 1:
+        launch += ["--nnodes", str(args.nnodes), "--node_rank", str(args.node_rank), "--rdzv_backend", "c10d",
+                   "--rdzv_endpoint", args.rdzv_endpoint, "--rdzv_id", args.rdzv_id]
+    else:
+        launch += ["--standalone"]
+    return launch + bundle_cmd[1:]  # "-m monai.bundle run ..." without the interpreter
+
+
 def run(args: argparse.Namespace, extra: list[str]) -> int:
     overrides = {flag: getattr(args, flag) for flag in NAMED[args.job] if getattr(args, flag) is not None}
     overrides |= parse_overrides(extra)
-    job = prepare(args.job, args.bundle, args.config, overrides, cwd=Path.cwd())
-    print("$ " + shlex.join(job.command()), flush=True)
+    # multi_gpu_train.yaml first, so that the user's own mix-ins can still change what it sets
+    mixins = [*(["multi_gpu_train.yaml"] if distributed(args) else []), *args.config]
+    job = prepare(args.job, args.bundle, mixins, overrides, cwd=Path.cwd())
+    command = torchrun_command(args, job.command()) if distributed(args) else job.command()
+    print("$ " + shlex.join(command), flush=True)
     if args.dry_run:
         return 0
+    if distributed(args):
+        return subprocess.run(command).returncode
     job.run()
     return 0
