@@ -253,7 +253,7 @@ def test_segment_folder_writes_the_input_format(stack: Path, tmp_path: Path) -> 
 
 
 def test_experiment_arms_cover_noise_size_and_dimensions(tmp_path: Path, monkeypatch) -> None:
-    from xray_seg.tomography import experiments as tomo_experiments
+    from xray_seg.studies import tomo_experiments
 
     arms = tomo_experiments.arms([5, 105], {"noise", "size", "dims"}, epochs=4, budget_s=60.0)
     assert [a["name"] for a in arms] == ["3d_no_noise", "3d_noise", "3d_5_slices", "3d_105_slices", "2d_slicewise", "3d"]
@@ -267,7 +267,7 @@ def test_experiment_arms_cover_noise_size_and_dimensions(tmp_path: Path, monkeyp
 
 
 def test_experiment_table_and_plot_are_written(tmp_path: Path) -> None:
-    from xray_seg.tomography.experiments import plot, write_table
+    from xray_seg.studies.tomo_experiments import plot, write_table
 
     row = dict(train_wall_s=10, dice_clean=0.98, dice_noisy=0.9, boundary_accuracy_clean=0.9,
                boundary_accuracy_noisy=0.8, baseline_dice=0.97)

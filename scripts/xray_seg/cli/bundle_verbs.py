@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shlex
 import subprocess
 import sys
@@ -77,8 +78,20 @@ def _epilog(job: str) -> str:
     )
 
 
+# How the configs' default expressions read in --help.
+SHOWN = (
+    (re.compile(r"^\$xray_seg\.shared\.runs\.output_dir\(@bundle_root, '(\w+)'\)$"), r"runs/<bundle>/\1"),
+    (re.compile(r"^\$xray_seg\.shared\.runs\.eval_dir\(.*\)$"), "<run folder of ckpt_path>/eval or runs/<bundle>/eval"),
+    (re.compile(r"^\$xray_seg\.shared\.runs\.run_dir\(.*\)$"), "runs/<bundle>/<run_name>"),
+    (re.compile(r"^@run_dir$"), "the run folder"),
+)
+
+
 def _show(value: object) -> str:
     if isinstance(value, str):
+        for pattern, shown in SHOWN:
+            if pattern.match(value):
+                return pattern.sub(shown, value)
         return value.replace("$@bundle_root + '/", "<bundle>/").replace("'", "")
     return json.dumps(value)
 

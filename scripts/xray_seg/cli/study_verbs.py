@@ -107,7 +107,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
 
 
 def benchmark_cxr(args: argparse.Namespace) -> int:
-    from xray_seg.chest import benchmark
+    from xray_seg.studies import benchmark_cxr as benchmark
 
     if args.phase:  # the child process of one measurement: its result is its last output line
         print(json.dumps(benchmark.measure(args.phase, args.n_images, args.epochs, args.dataset_dir)))
@@ -119,7 +119,7 @@ def benchmark_cxr(args: argparse.Namespace) -> int:
 
 
 def benchmark_tomo(args: argparse.Namespace) -> int:
-    from xray_seg.tomography import benchmark
+    from xray_seg.studies import benchmark_tomo as benchmark
 
     sizes = [parse_size(s) if isinstance(s, str) else s for s in args.sizes]
     if args.child:
@@ -137,7 +137,7 @@ def benchmark_tomo(args: argparse.Namespace) -> int:
 
 
 def experiments_tomo(args: argparse.Namespace) -> int:
-    from xray_seg.tomography.experiments import run_experiments
+    from xray_seg.studies.tomo_experiments import run_experiments
 
     dataset_dir = str(args.dataset_dir.resolve()) if args.dataset_dir else None
     run_experiments(args.output_dir, args.epochs, args.budget_s, args.sizes, set(args.only.split(",")), dataset_dir)

@@ -1,0 +1,1 @@
+"""Benchmarks and experiments: they generate data, run the bundles and measure (speed, memory, accuracy)."""

@@ -1,0 +1,18 @@
+"""``xray-seg benchmark``: the wiring from the verb to xray_seg.studies, on a tiny volume."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_tomography_benchmark_writes_its_report(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "xray_seg.cli", "benchmark", "tomo", "--sizes", "64x64x32",
+                             "--output_dir", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "benchmark.json").read_text())
+    (row,) = report["runs"]
+    assert row["shape_zyx"] == [32, 64, 64] and row["voxels"] == 32 * 64 * 64  # WxHxD: 32 slices of 64x64
+    assert row["voxels_per_s"] > 0 and row["peak_rss_gib"] > 0
