@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from xray_seg.shared.atomic import write_text
@@ -79,16 +80,28 @@ def test_resume_with_other_settings_is_refused(workspace: dict[str, Path]) -> No
     assert sorted(p.name for p in workspace["run"].iterdir()) == before
 
 
+# The resumed run restarts its augmentation random streams (the seed is set at start-up),
+# so its last validation differs from an uninterrupted run's by chance, not by design.
+RESUME_DICE_TOLERANCE = 0.1
+
+
+def val_scores(log: str) -> dict[int, float]:
+    return {int(e): float(d) for e, d in re.findall(r"Epoch\[(\d+)\] Metrics -- val_mean_dice: ([0-9.]+)", log)}
+
+
 def test_killed_run_resumes_where_it_stopped(workspace: dict[str, Path], tmp_path: Path) -> None:
+    """SIGKILL mid-run, then the same command: the run continues from its last epoch, keeps the
+    best model from before the kill, and ends near an uninterrupted run of the same seed."""
     run = tmp_path / "run"
     overrides = {**train_overrides(workspace), "run_dir": run, "num_epochs": 4, "val_interval": 1}
-    proc = subprocess.Popen(bundle_command(["train.yaml"], **overrides), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while not list(run.glob("resume_checkpoint_epoch=*.pt")) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    proc.kill()  # SIGKILL: no handler runs
-    proc.wait()
+    with open(tmp_path / "killed.log", "w") as killed_log:
+        proc = subprocess.Popen(bundle_command(["train.yaml"], **overrides), stdout=killed_log,
+                                stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 300
+        while not list(run.glob("resume_checkpoint_epoch=*.pt")) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.kill()  # SIGKILL: no handler runs
+        proc.wait()
     killed_at = int(latest_checkpoint(str(run)).rsplit("=", 1)[1][:-3])
     assert killed_at < 4, "the run finished before it could be killed"
     result = ok(bundle_run(["train.yaml"], **overrides))
@@ -98,6 +111,16 @@ def test_killed_run_resumes_where_it_stopped(workspace: dict[str, Path], tmp_pat
     assert trained == list(range(killed_at + 1, 5))  # only the epochs after the kill
     # The resumed run's saver does not know the file it started from; the pruner does.
     assert [p.name for p in run.glob("resume_*")] == ["resume_checkpoint_epoch=4.pt"]
+    # The best model is the best of all epochs, before and after the kill.
+    scores = {**{e: d for e, d in val_scores((tmp_path / "killed.log").read_text()).items() if e <= killed_at},
+              **val_scores(log)}
+    assert sorted(scores) == [1, 2, 3, 4]
+    best = torch.load(run / "resume_checkpoint_epoch=4.pt", weights_only=True)["best_model"]["_saved"]
+    assert best[0][0] == pytest.approx(max(scores.values()), abs=1e-4)
+    uninterrupted = ok(bundle_run(["train.yaml"], **{**overrides, "run_dir": tmp_path / "full"}))
+    full = val_scores(uninterrupted.stdout + uninterrupted.stderr)
+    print(f"killed after epoch {killed_at}; validation Dice per epoch {scores}; uninterrupted {full}")
+    assert abs(full[4] - scores[4]) <= RESUME_DICE_TOLERANCE
 
 
 def test_evaluation_writes_metrics_collage_and_curves(workspace: dict[str, Path]) -> None:
