@@ -24,7 +24,8 @@ WORK_DIR_NAME = ".xray-seg-label"
 APP_MAIN = '''"""Written by xray_seg.label.server: MONAI Label loads the MONAILabelApp subclass of main.py."""
 from xray_seg.label.app import XraySegApp  # noqa: F401
 '''
-# MONAILabelError -> HTTP status; anything not listed is a server error (500).
+# MONAILabelError -> HTTP status; anything not listed is a server error (500). An unknown
+# model or strategy ("There is no ...") is 404.
 STATUS = {"INVALID_INPUT": 400, "APP_ERROR": 404}
 
 
@@ -106,7 +107,7 @@ def add_error_handlers(app) -> None:
     from monailabel.interfaces.exception import MONAILabelException
 
     async def monai_label_error(request, exc: MONAILabelException):
-        status = 404 if "There is no model" in exc.msg else STATUS.get(exc.error.value, 500)
+        status = 404 if "There is no" in exc.msg else STATUS.get(exc.error.value, 500)
         return JSONResponse(status_code=status, content={"detail": exc.msg, "error": exc.error.value})
 
     async def other_error(request, exc: Exception):
