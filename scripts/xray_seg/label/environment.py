@@ -65,7 +65,9 @@ def _split_requirements() -> tuple[list[str], list[str]]:
 def _pip(python: Path, *args: str, quiet: bool) -> None:
     cmd = [str(python), "-m", "pip", "install", "--disable-pip-version-check", *(["--quiet"] if quiet else []), *args]
     print("+", " ".join(cmd[1:]), flush=True)
-    subprocess.run(cmd, check=True)
+    # Not the caller's PYTHONPATH: pip would count packages found there as installed.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    subprocess.run(cmd, check=True, env=env)
 
 
 def build(venv_dir: str | os.PathLike = VENV, quiet: bool = True, force: bool = False) -> Path:
