@@ -145,3 +145,28 @@ def test_environment_is_built_only_from_the_same_requirements(tmp_path):
     assert environment.is_built(tmp_path)
     (tmp_path / environment.MARKER).write_text(json.dumps({"requirements": "other"}))
     assert not environment.is_built(tmp_path)
+
+
+def test_tomography_fine_tune_from_label_maps_promotes_only_a_model_that_validates_as_well(tmp_path):
+    from xray_seg.synthetic.tomo import generate_volume
+
+    pairs = []
+    for i in range(2):
+        generated = generate_volume(tmp_path / f"g{i}", shape=(24, 48, 48), seed=i, progress=False)
+        image, meta = read_volume(generated["image"])
+        write_volume(image, meta, tmp_path / f"v{i}.nii.gz")
+        classes, label_meta = read_volume(generated["label"])
+        label_meta.dtype = np.dtype(np.uint8)
+        write_volume((classes + 1).astype(np.uint8), label_meta, tmp_path / f"l{i}.nii.gz")  # phases 1..3
+        pairs.append({"image": str(tmp_path / f"v{i}.nii.gz"), "label": str(tmp_path / f"l{i}.nii.gz")})
+    copy = workspace.prepare(tmp_path / "work")["xray_tomography"]
+    shipped = workspace.model_file(copy).read_bytes()
+    items, skipped = labels.training_items("xray_tomography", pairs, tmp_path / "run" / "labels")
+    assert skipped == [] and [i["slices"] for i in items] == [[0, 24], [0, 24]]
+    train, val = labels.split(items, 0.5)
+    result = finetune.fine_tune("xray_tomography", copy, train, val, tmp_path / "run",
+                                max_epochs=1, steps_per_epoch=2, patches_per_step=2)
+    assert len(result["epoch_scores"]) == 1 and 0 < result["baseline"] <= 1
+    assert result["promoted"] == (result["best"] >= result["baseline"])
+    assert (workspace.model_file(copy).read_bytes() != shipped) == result["promoted"]
+    assert (tmp_path / "run" / "model.pt").is_file() and (tmp_path / "run" / "result.json").is_file()

@@ -124,7 +124,9 @@ def tomography_item(image: str, label: str, out_dir: Path, case: str) -> dict:
     out = out_dir / f"{case}_classes.nii.gz"
     meta.dtype = np.dtype(np.uint8)
     write_volume(classes, meta, out)
-    return {"image": str(image), "label": str(out)}
+    # The whole volume as one slab: an item without "slices" gets None in the meta
+    # (LoadVolumed), which the data loader cannot collate.
+    return {"image": str(image), "label": str(out), "slices": [0, int(meta.shape[0])]}
 
 
 CONVERTERS = {"cxr_lungs": lungs_item, "cxr_anatomy": anatomy_item, "xray_tomography": tomography_item}
