@@ -14,6 +14,7 @@ from pathlib import Path
 
 import nibabel
 import numpy as np
+import pytest
 from PIL import Image
 
 from xray_seg.cli.demo import bundle_command
@@ -90,6 +91,18 @@ def test_infer_anatomy_label_map_and_measurements(label_server):
     both = infer(label_server, "cxr_anatomy", path, output="all")
     assert both.status_code == 200 and both.headers["content-type"].startswith("multipart/form-data")
     assert b"cardiothoracic_ratio" in both.content and b"\x89PNG" in both.content
+
+
+def test_infer_anatomy_on_a_dicom_gives_its_size_and_measurements_in_mm(label_server, tmp_path):
+    from dicom_files import write_dicom
+
+    pixels = np.array(Image.open(label_server.cases / "narrow.png").convert("L")).astype(np.uint16) * 256
+    path = write_dicom(tmp_path / "chest.dcm", pixels, pixel_spacing=[0.2, 0.25])
+    label = png(infer(label_server, "cxr_anatomy", path))
+    assert label.shape == pixels.shape
+    result = infer(label_server, "cxr_anatomy", path, output="json").json()
+    assert result["pixel_spacing_mm"] == [0.2, 0.25]
+    assert result["lung_area_mm2"]["total"] == pytest.approx(result["lung_area_px"]["total"] * 0.05)
 
 
 def test_infer_tomography_matches_the_command_line_plus_one(label_server, label_python, tmp_path):
