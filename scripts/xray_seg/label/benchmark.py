@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from xray_seg.chest.anatomy import LABEL_VALUES, STRUCTURES, merge_to_label_map
+from xray_seg.chest.anatomy import LABEL_VALUES, merge_to_label_map
 from xray_seg.label import environment
 from xray_seg.shared.paths import DATA, MANIFESTS, REPO
 

@@ -13,7 +13,6 @@ import importlib.util
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 from xray_seg.label import environment, workspace
@@ -115,7 +114,3 @@ def add_error_handlers(app) -> None:
 
     app.add_exception_handler(MONAILabelException, monai_label_error)
     app.add_exception_handler(Exception, other_error)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit("use: python -m xray_seg.label serve --studies DIR")

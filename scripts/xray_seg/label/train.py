@@ -14,7 +14,7 @@ from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
 from monailabel.interfaces.tasks.train import TrainTask
 
-from xray_seg.label import finetune, labels, workspace
+from xray_seg.label import finetune, labels
 from xray_seg.shared.atomic import write_text
 
 logger = logging.getLogger(__name__)
