@@ -107,8 +107,11 @@ def test_infer_anatomy_on_a_dicom_gives_its_size_and_measurements_in_mm(label_se
 
 def test_infer_tomography_matches_the_command_line_plus_one(label_server, label_python, tmp_path):
     volume = label_server.cases / "vol1.nii.gz"
+    before = files_under(label_server.tmp) | files_under(label_server.work_dir / "bundles")
     response = infer(label_server, "xray_tomography", volume)
     assert response.status_code == 200, response.text
+    assert settled(label_server.tmp, before & files_under(label_server.tmp)) | files_under(
+        label_server.work_dir / "bundles") == before  # no file left behind
     served = tmp_path / "served.nii.gz"
     served.write_bytes(response.content)
     # The command line, in the same environment (same torch), on the same volume.
