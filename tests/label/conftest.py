@@ -101,8 +101,8 @@ def label_server(label_python: Path, tmp_path_factory: pytest.TempPathFactory):
     port = _free_port()
     log = root / "server.log"
     env = {**os.environ, "TMPDIR": str(tmp), "PYTHONPATH": str(REPO / "scripts")}
-    cmd = [str(label_python), "-m", "xray_seg.label", "serve", "--studies", str(studies), "--port", str(port),
-           "--work-dir", str(root / "work")]
+    cmd = [str(label_python), "-m", "xray_seg.cli", "label", "serve", "--studies", str(studies), "--port", str(port),
+           "--work_dir", str(root / "work")]
     with open(log, "w") as out:
         process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     server = Server(f"http://127.0.0.1:{port}", studies, root / "work", tmp, cases, log, process)

@@ -17,8 +17,9 @@ ALLOWED = {
     "chest": {"shared"},
     "tomography": {"shared"},
     "synthetic": {"shared", "tomography"},  # simulated volumes are written with tomography.volume_io
-    "studies": {"shared", "chest", "tomography", "synthetic"},  # benchmarks and experiments
-    "cli": {"shared", "chest", "tomography", "synthetic", "studies"},
+    "label": {"shared", "chest", "tomography"},  # the MONAI Label app serves the bundles
+    "studies": {"shared", "chest", "tomography", "synthetic", "label"},  # benchmarks and experiments
+    "cli": {"shared", "chest", "tomography", "synthetic", "studies", "label"},
 }
 
 

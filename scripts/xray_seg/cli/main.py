@@ -36,7 +36,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> Parser:
-    from xray_seg.cli import bundle_verbs, data_verbs, demo, export_verb, study_verbs
+    from xray_seg.cli import bundle_verbs, data_verbs, demo, export_verb, label_verb, study_verbs
 
     parser = Parser(prog="xray-seg", description="X-ray segmentation bundles: " + __doc__.split("\n\n")[0].split(": ", 1)[1],
                     epilog="Run `xray-seg VERB --help` for a verb's settings. Bad input: one ERROR: line, exit status 2.")
@@ -45,6 +45,7 @@ def build_parser() -> Parser:
     data_verbs.register_manifest(verbs)
     bundle_verbs.register(verbs)
     export_verb.register(verbs)
+    label_verb.register(verbs)
     study_verbs.register(verbs)
     data_verbs.register_synthetic(verbs)
     return parser

@@ -64,6 +64,21 @@ def register(verbs: argparse._SubParsersAction) -> None:
     tomo.add_argument("--child", nargs=2, metavar=("IMAGE", "OUT"), help=argparse.SUPPRESS)
     tomo.set_defaults(run=benchmark_tomo)
 
+    label = kinds.add_parser(
+        "label", formatter_class=DEFAULTS, help="MONAI Label server: latency, fine-tune time, Dice before/after",
+        description="The MONAI Label server on real data (its environment must be built: xray-seg label setup): "
+                    "per-endpoint latency, fine-tune time, and held-out Dice before and after a fine-tune on newly "
+                    "labelled training-split images, for each 2D bundle; 3D infer latency on the tomography volume.",
+    )  # fmt: skip
+    label.add_argument("--dataset_dir", type=Path, default=DATA, help="the real data folder")
+    label.add_argument("--output_file", type=Path, default=Path("runs/benchmark/label.json"), help="report to write")
+    label.add_argument("--n_new", type=int, default=3, help="newly labelled images per bundle")
+    label.add_argument("--n_held_out", type=int, default=6, help="test-split images scored before and after")
+    label.add_argument("--val_split", type=float, default=None,
+                       help="fine-tune setting (default: the server's); 0 validates on the new images themselves")
+    label.add_argument("--only", choices=["cxr_lungs", "cxr_anatomy", "xray_tomography"])
+    label.set_defaults(run=benchmark_label)
+
     experiments = verbs.add_parser("experiments", help="the report's experiments (tomography)",
                                    description="The seed report's experiments.")
     kinds = experiments.add_subparsers(dest="kind", required=True, metavar="KIND")
@@ -114,6 +129,15 @@ def benchmark_cxr(args: argparse.Namespace) -> int:
         return 0
     report = benchmark.benchmark(args.output_file, args.n_images, args.epochs, args.dataset_dir, _command())
     print(json.dumps(report, indent=2))
+    print(f"wrote {args.output_file}")
+    return 0
+
+
+def benchmark_label(args: argparse.Namespace) -> int:
+    from xray_seg.studies import benchmark_label
+
+    benchmark_label.benchmark(args.dataset_dir, args.output_file, args.n_new, args.n_held_out, args.val_split,
+                              args.only)
     print(f"wrote {args.output_file}")
     return 0
 

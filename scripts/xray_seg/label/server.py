@@ -53,7 +53,7 @@ def serve(studies: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000,
     ``host``: 127.0.0.1 (this machine only) unless asked otherwise. ``work_dir``: the bundle
     copies, fine-tuning runs and app folder (default ``<studies>/.xray-seg-label``). When
     MONAI Label is not importable here, the server runs under ``venv``'s interpreter,
-    which must have been built (``python -m xray_seg.label setup``). Returns the exit status.
+    which must have been built (``xray-seg label setup``). Returns the exit status.
     """
     studies = Path(studies).resolve()
     if not studies.is_dir():
@@ -61,9 +61,9 @@ def serve(studies: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000,
     work_dir = Path(work_dir).resolve() if work_dir else default_work_dir(studies)
     if importlib.util.find_spec("monailabel") is None:
         if not environment.is_built(venv):
-            raise UserError(f"the MONAI Label environment {venv} is not built: run `python -m xray_seg.label setup`")
-        cmd = [str(environment.python_of(venv)), "-m", "xray_seg.label", "serve", "--studies", str(studies),
-               "--host", host, "--port", str(port), "--work-dir", str(work_dir), "--log-level", log_level]
+            raise UserError(f"the MONAI Label environment {venv} is not built: run `xray-seg label setup`")
+        cmd = [str(environment.python_of(venv)), "-m", "xray_seg.cli", "label", "serve", "--studies", str(studies),
+               "--host", host, "--port", str(port), "--work_dir", str(work_dir), "--log_level", log_level]
         try:
             return subprocess.call(cmd)
         except KeyboardInterrupt:

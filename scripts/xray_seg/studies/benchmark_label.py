@@ -1,20 +1,19 @@
 """Figures of the MONAI Label server on real data: latency per endpoint, fine-tune time,
 and held-out Dice before and after a fine-tune on 3 newly labelled images per 2D bundle.
 
-    python -m xray_seg.label.benchmark [--data ../shared/data] [--out label_benchmark.json]
+    xray-seg benchmark label [--dataset_dir ../shared/data] [--output_file runs/benchmark/label.json]
 
 Runs in the main environment (it needs ``requests``) and starts the server under the
 MONAI Label environment's interpreter, once per 2D bundle, each with its own temporary
 studies folder: 3 training-split images of the bundle's data set (Montgomery for
 cxr_lungs, JSRT for cxr_anatomy) with their labels sent as label maps (JSRT's five masks
 merged, clavicle > heart > lung), fine-tuned with the server's default settings. The
-held-out images are the first ``--held-out`` test-split images of the same manifest,
+held-out images are the first ``--n_held_out`` test-split images of the same manifest,
 segmented through ``/infer`` before and after. No pixels are written outside temporary folders.
 """
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import os
@@ -30,6 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from xray_seg.shared.atomic import write_text
 from xray_seg.chest.anatomy import LABEL_VALUES, merge_to_label_map
 from xray_seg.label import environment
 from xray_seg.shared.paths import DATA, MANIFESTS, REPO
@@ -50,8 +50,8 @@ class Server:
         self.requests = requests
         port = _free_port()
         self.url = f"http://127.0.0.1:{port}"
-        cmd = [str(environment.python_of()), "-m", "xray_seg.label", "serve", "--studies", str(studies),
-               "--port", str(port), "--work-dir", str(work_dir)]
+        cmd = [str(environment.python_of()), "-m", "xray_seg.cli", "label", "serve", "--studies", str(studies),
+               "--port", str(port), "--work_dir", str(work_dir)]
         env = {**os.environ, "PYTHONPATH": str(REPO / "scripts")}
         started = time.monotonic()
         with open(log, "w") as out:
@@ -177,28 +177,18 @@ def tomography_latency(data: Path, root: Path, repeats: int = 3) -> dict:
             "infer_latency_s_median": round(statistics.median(times), 2)}
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=DATA)
-    parser.add_argument("--out", type=Path, default=Path("label_benchmark.json"))
-    parser.add_argument("--new", type=int, default=3, help="newly labelled images per bundle")
-    parser.add_argument("--held-out", type=int, default=6, help="test-split images scored before and after")
-    parser.add_argument("--val-split", type=float, default=None,
-                        help="fine-tune setting (default: the server's); 0 validates on the new images themselves")
-    parser.add_argument("--only", choices=[*DATASETS, "xray_tomography"], default=None)
-    args = parser.parse_args(argv)
+def benchmark(data: Path, output_file: Path, n_new: int = 3, n_held_out: int = 6, val_split: float | None = None,
+              only: str | None = None) -> dict:
+    """The figures for each 2D bundle (and the tomography latency), written to ``output_file``."""
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for model in DATASETS:
-            if args.only in (None, model):
-                settings = {} if args.val_split is None else {"val_split": args.val_split}
-                results[model] = fine_tune_benchmark(model, args.data, args.new, args.held_out, Path(tmp), settings)
+            if only in (None, model):
+                settings = {} if val_split is None else {"val_split": val_split}
+                results[model] = fine_tune_benchmark(model, data, n_new, n_held_out, Path(tmp), settings)
                 print(json.dumps(results[model], indent=2), flush=True)
-        if args.only in (None, "xray_tomography"):
-            results["xray_tomography"] = tomography_latency(args.data, Path(tmp))
+        if only in (None, "xray_tomography"):
+            results["xray_tomography"] = tomography_latency(data, Path(tmp))
             print(json.dumps(results["xray_tomography"], indent=2), flush=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
-
-
-if __name__ == "__main__":
-    main()
+    write_text(output_file, json.dumps(results, indent=2) + "\n")
+    return results
