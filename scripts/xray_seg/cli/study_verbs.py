@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from xray_seg.shared.errors import UserError
 from xray_seg.shared.paths import DATA, MANIFESTS
 
 DEFAULTS = argparse.ArgumentDefaultsHelpFormatter
@@ -63,6 +64,20 @@ def register(verbs: argparse._SubParsersAction) -> None:
     tomo.add_argument("--generate_only", action="store_true", help="make the volumes, measure nothing")
     tomo.add_argument("--child", nargs=2, metavar=("IMAGE", "OUT"), help=argparse.SUPPRESS)
     tomo.set_defaults(run=benchmark_tomo)
+
+    speed = kinds.add_parser(
+        "throughput", formatter_class=DEFAULTS, help="network-only vs end-to-end inference speed, 2D and 3D",
+        description="Inference throughput side by side, in one run: the network alone and the bundle's own "
+                    "inference end to end, with their ratio; 2D (cxr_lungs, 512x512 PNGs) and 3D "
+                    "(xray_tomography, one volume). On a GPU: --device cuda [--amp].",
+    )  # fmt: skip
+    speed.add_argument("--output_file", type=Path, default=Path("runs/benchmark/throughput.json"),
+                       help="report to write")
+    speed.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    speed.add_argument("--amp", action="store_true", help="mixed precision (CUDA)")
+    speed.add_argument("--n_images", type=int, default=64, help="synthetic 512x512 radiographs for the 2D pipeline")
+    speed.add_argument("--volume", type=parse_size, default="256x256x128", help="3D volume size, XxYxZ")
+    speed.set_defaults(run=benchmark_throughput)
 
     label = kinds.add_parser(
         "label", formatter_class=DEFAULTS, help="MONAI Label server: latency, fine-tune time, Dice before/after",
@@ -129,6 +144,19 @@ def benchmark_cxr(args: argparse.Namespace) -> int:
         return 0
     report = benchmark.benchmark(args.output_file, args.n_images, args.epochs, args.dataset_dir, _command())
     print(json.dumps(report, indent=2))
+    print(f"wrote {args.output_file}")
+    return 0
+
+
+def benchmark_throughput(args: argparse.Namespace) -> int:
+    from xray_seg.shared.inputs import device_problem
+    from xray_seg.studies import throughput
+
+    if problem := device_problem(args.device):
+        raise UserError(problem)
+    volume = parse_size(args.volume) if isinstance(args.volume, str) else args.volume
+    report = throughput.benchmark(args.output_file, args.device, args.amp, args.n_images, volume, _command())
+    print(throughput.table(report))
     print(f"wrote {args.output_file}")
     return 0
 
