@@ -1,7 +1,7 @@
 """Fixtures shared by the test modules.
 
 The test folders mirror the package (shared, chest, tomography, synthetic, cli);
-helpers that several of them use (bundle_runs, dicom_files) sit beside this file,
+helpers that several of them use (bundle_runs, cli_runs, dicom_files, faults) sit beside this file,
 which pytest puts on sys.path.
 """
 

@@ -11,16 +11,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from xray_seg.cli.main import main
-
-
-def cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        code = main(args)
-    except SystemExit as exit_:
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
+from cli_runs import cli
 
 
 def test_image_manifest_from_another_working_directory(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from cli_runs import cli
 from xray_seg.cli.main import build_parser, main
 from xray_seg.shared.bundles import config_ids, parse_overrides
 from xray_seg.shared.paths import BUNDLES
@@ -24,16 +25,6 @@ VERBS = [
     ["benchmark"], ["benchmark", "cxr"], ["benchmark", "tomo"], ["experiments", "tomo"], ["baseline", "tomo"],
     ["curves"], ["synthetic"], ["synthetic", "cxr"], ["synthetic", "tomo"],
 ]  # fmt: skip
-
-
-def cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    """Exit status, stdout and stderr of ``xray-seg ARGS`` run in this process."""
-    try:
-        code = main(args)
-    except SystemExit as exit_:
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_every_verb_is_listed_and_has_help(capsys: pytest.CaptureFixture[str]) -> None:
