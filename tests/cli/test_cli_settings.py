@@ -181,3 +181,12 @@ def test_train_on_several_processes_wraps_torchrun(launch: list[str], expected: 
     configs = json.loads(command[command.index("--config_file") + 1])
     # The distributed mix-in right after train.yaml, the user's own after it.
     assert [Path(c).name for c in configs] == ["train.yaml", "multi_gpu_train.yaml", "invertednet.yaml"]
+
+
+def test_inference_on_several_processes_wraps_torchrun(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = cli(["infer", "--bundle", "cxr_lungs", "--nproc", "2", "--dataset_dir", str(tmp_path), "--dry_run"],
+                       capsys)
+    command = shlex.split(out.strip().splitlines()[-1][2:])
+    assert code == 0 and command[1:3] == ["-m", "torch.distributed.run"] and "--standalone" in command
+    configs = json.loads(command[command.index("--config_file") + 1])
+    assert [Path(c).name for c in configs] == ["inference.yaml", "multi_gpu_inference.yaml"]

@@ -115,3 +115,14 @@ def test_the_distributed_mixin_is_the_same_in_every_bundle() -> None:
                 for part in key.split("#"):
                     assert part in node, (bundle, key)
                     node = node[part]
+
+
+def test_the_distributed_inference_mixin_is_the_same_in_both_2d_bundles() -> None:
+    bundles = ("cxr_lungs", "cxr_anatomy")
+    texts = {b: (BUNDLES / b / "configs" / "multi_gpu_inference.yaml").read_text().replace(b, "BUNDLE") for b in bundles}
+    assert len(set(texts.values())) == 1
+    for bundle in bundles:
+        infer = parser(bundle, "inference.yaml")
+        mixin = yaml.safe_load((BUNDLES / bundle / "configs" / "multi_gpu_inference.yaml").read_text())
+        assert "dataset" in infer.config and "data" in infer.config["dataset"], bundle
+        assert set(mixin) <= set(infer.config) | {"rank", "world_size", "backend", "dataset#data", "finalize"}, bundle

@@ -27,6 +27,8 @@ HELP = {
     "evaluate": "score a trained model on the manifest's test split (metrics, collage, curves)",
     "infer": "segment every image or volume in a folder",
 }
+# The mix-in that a run on several processes (torchrun) adds, per verb.
+DISTRIBUTED_MIXIN = {"train": "multi_gpu_train.yaml", "infer": "multi_gpu_inference.yaml"}
 # Named flags: config ids that every user sets; any other id is given as --ID VALUE.
 NAMED = {
     "train": ["dataset_dir", "datalist", "output_dir", "run_name", "device"],
@@ -106,8 +108,8 @@ def register(verbs: argparse._SubParsersAction) -> None:
                        help="mix-in config from the bundle's configs folder (or a path), e.g. invertednet.yaml; repeatable")
         for flag in NAMED[job]:
             p.add_argument(f"--{flag}", help=FLAG_HELP[flag])
-        if job == "train":
-            launch = p.add_argument_group("several processes or machines (torchrun; multi_gpu_train.yaml)")
+        if job in DISTRIBUTED_MIXIN:
+            launch = p.add_argument_group(f"several processes or machines (torchrun; {DISTRIBUTED_MIXIN[job]})")
             launch.add_argument("--nproc", type=int, default=1,
                                 help="processes on this machine: one per GPU, or CPU processes with gloo (default: 1)")
             launch.add_argument("--nnodes", type=int, default=1, help="machines taking part (default: 1)")
@@ -121,7 +123,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
 
 
 def distributed(args: argparse.Namespace) -> bool:
-    return args.job == "train" and (args.nproc > 1 or args.nnodes > 1)
+    return args.job in DISTRIBUTED_MIXIN and (args.nproc > 1 or args.nnodes > 1)
 
 
 def torchrun_command(args: argparse.Namespace, bundle_cmd: list[str]) -> list[str]:
@@ -139,8 +141,8 @@ def torchrun_command(args: argparse.Namespace, bundle_cmd: list[str]) -> list[st
 def run(args: argparse.Namespace, extra: list[str]) -> int:
     overrides = {flag: getattr(args, flag) for flag in NAMED[args.job] if getattr(args, flag) is not None}
     overrides |= parse_overrides(extra)
-    # multi_gpu_train.yaml first, so that the user's own mix-ins can still change what it sets
-    mixins = [*(["multi_gpu_train.yaml"] if distributed(args) else []), *args.config]
+    # The distributed mix-in first, so that the user's own mix-ins can still change what it sets.
+    mixins = [*([DISTRIBUTED_MIXIN[args.job]] if distributed(args) else []), *args.config]
     job = prepare(args.job, args.bundle, mixins, overrides, cwd=Path.cwd())
     command = torchrun_command(args, job.command()) if distributed(args) else job.command()
     print("$ " + shlex.join(command), flush=True)

@@ -293,11 +293,20 @@ class StagedOutputs:
     (``xray_seg.shared.outputs.publish_folder``, which also says what a reader
     sees). At the start, what a killed earlier run left (its staging folder,
     temporary files, an interrupted publish) is cleaned up or completed.
+
+    In a distributed run (torchrun, ``multi_gpu_inference.yaml``) every rank stages its
+    share into the same folder; rank 0 prepares it before any rank writes and publishes
+    the whole set once every rank is done (``torch.distributed`` barriers, through
+    ignite's ``idist``, which are no-ops in one process).
     """
 
     def __init__(self, staging_dir: str, output_dir: str) -> None:
         self.staging_dir = Path(staging_dir)
         self.output_dir = Path(output_dir)
+
+    @property
+    def rank0(self) -> bool:
+        return idist.get_rank() == 0
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self.prepare)
@@ -305,13 +314,17 @@ class StagedOutputs:
         engine.add_event_handler(Events.EXCEPTION_RAISED, self.discard)
 
     def prepare(self, _: Engine) -> None:
-        or_exit(lambda: prepare_output_dir(self.output_dir))
-        shutil.rmtree(self.staging_dir, ignore_errors=True)
-        self.staging_dir.mkdir(parents=True)
+        if self.rank0:
+            or_exit(lambda: prepare_output_dir(self.output_dir))
+            shutil.rmtree(self.staging_dir, ignore_errors=True)
+            self.staging_dir.mkdir(parents=True)
+        idist.barrier()  # no rank writes before the staging folder is ready
 
     def publish(self, _: Engine) -> None:
-        moved = publish_folder(self.staging_dir, self.output_dir)
-        logger.info("wrote %d files to %s", moved, self.output_dir)
+        idist.barrier()  # every rank has staged its share
+        if self.rank0:
+            moved = publish_folder(self.staging_dir, self.output_dir)
+            logger.info("wrote %d files to %s", moved, self.output_dir)
 
     def discard(self, _: Engine, error: Exception) -> None:
         shutil.rmtree(self.staging_dir, ignore_errors=True)

@@ -93,3 +93,9 @@ def checkpoint(path: str) -> str:
         fail(f"{path}: checkpoint not found; pass --ckpt_path to a model.pt "
              "(a training run writes runs/<bundle>/<run_name>/model.pt)")
     return path
+
+
+def shard(items: list[dict], rank: int, world_size: int) -> list[dict]:
+    """This rank's share of ``items`` in a distributed run: every ``world_size``-th item from
+    ``rank``, so shares differ by at most one item and together are ``items`` exactly once."""
+    return items[rank::world_size]
