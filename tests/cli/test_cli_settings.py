@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from cli_runs import cli
-from xray_seg.cli.main import build_parser, main
+from xray_seg.cli.main import build_parser
 from xray_seg.shared.bundles import config_ids, parse_overrides
 from xray_seg.shared.paths import BUNDLES
 

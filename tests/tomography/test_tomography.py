@@ -12,7 +12,6 @@ import tifffile
 import torch
 from monai.inferers import SlidingWindowInferer
 
-from xray_seg.shared import inputs as bundle_inputs
 from xray_seg.tomography import inputs as tomo_inputs
 from xray_seg.shared.errors import UserError
 from xray_seg.shared.splits import ManifestError

@@ -17,7 +17,6 @@ are reported together so that one run finds everything that needs fixing.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence

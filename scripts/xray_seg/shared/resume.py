@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-# MONAI's CheckpointSaver names interval checkpoints "<prefix>_checkpoint_epoch=<N>.pt".
+# Resume checkpoints are named "<prefix>_checkpoint_epoch=<N>.pt" (xray_seg.shared.training).
 _EPOCH = re.compile(r"checkpoint_epoch=(\d+)\.pt$")
 
 
@@ -27,9 +27,10 @@ def _checkpoints(ckpt_dir: str, prefix: str) -> list[tuple[int, Path]]:
 class PruneOlderCheckpoints:
     """After each epoch, delete every resume checkpoint but the newest.
 
-    MONAI's CheckpointSaver (``n_saved=1``) only prunes the files of its own run;
-    after a resume, the file the run started from would stay forever. Attach after
-    the saver, so the new checkpoint exists before the old ones go.
+    The saver keeps every file (``n_saved=None``): pruning here, after the new file has
+    been written, means a kill never leaves the run without a checkpoint, and it also
+    removes the file a resumed run started from, which the saver never knew. Attach
+    after the saver.
     """
 
     def __init__(self, ckpt_dir: str, prefix: str = "resume") -> None:

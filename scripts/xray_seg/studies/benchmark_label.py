@@ -32,7 +32,7 @@ from PIL import Image
 from xray_seg.shared.atomic import write_text
 from xray_seg.chest.anatomy import LABEL_VALUES, merge_to_label_map
 from xray_seg.label import environment
-from xray_seg.shared.paths import DATA, MANIFESTS, REPO
+from xray_seg.shared.paths import MANIFESTS, REPO
 
 DATASETS = {"cxr_lungs": ("montgomery", "montgomery.json"), "cxr_anatomy": ("jsrt_scr", "jsrt_scr.json")}
 

@@ -20,7 +20,6 @@ opened and checked (format, dtype, image/label shape) before anything is written
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
