@@ -41,6 +41,19 @@ def register_manifest(verbs: argparse._SubParsersAction) -> None:
     volumes.add_argument("--gap", type=int, default=8, help="unused slices between neighbouring slabs")
     volumes.set_defaults(run=manifest_volumes)
 
+    sites = kinds.add_parser(
+        "sites", help="one 2D manifest over several sites, each case keeping its site",
+        description="Combine per-site manifests into one (paths relative to the data root, a 'site' key per case); "
+                    "each site keeps its own splits.",
+    )  # fmt: skip
+    sites.add_argument("parts", nargs="+", metavar="SITE=MANIFEST:FOLDER[:STRUCTURES]",
+                       help="a site's manifest and its folder in the data root; for a multi-label manifest the "
+                            "structures forming the target joined by '+', e.g. "
+                            "jsrt=data_manifests/jsrt_scr.json:jsrt_scr:right_lung+left_lung")
+    sites.add_argument("--output_file", type=Path, required=True, help="manifest to write")
+    sites.add_argument("--name", default="multi-site", help="manifest name")
+    sites.set_defaults(run=manifest_sites)
+
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset_dir", type=Path, required=True, help="the dataset folder")
@@ -92,6 +105,20 @@ def manifest_volumes(args: argparse.Namespace) -> int:
         raise _refuse(err) from None
     _write(manifest, args.output_file)
     print(f"wrote {args.output_file}: {manifest['description']}")
+    return 0
+
+
+def manifest_sites(args: argparse.Namespace) -> int:
+    from xray_seg.chest.sites import SitePart, combine_sites
+
+    check_output_file(args.output_file)
+    try:
+        manifest = combine_sites([SitePart.parse(p) for p in args.parts], name=args.name)
+    except ManifestError as err:
+        raise _refuse(err) from None
+    _write(manifest, args.output_file)
+    print(f"wrote {args.output_file}: {manifest['numTraining']} training, {manifest['numValidation']} validation, "
+          f"{manifest['numTest']} testing from sites {', '.join(manifest['sites'])}")
     return 0
 
 

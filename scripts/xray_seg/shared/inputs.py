@@ -15,14 +15,15 @@ from xray_seg.shared.outputs import STAGING_NAME, check_output_dir
 from xray_seg.shared.splits import load_split
 
 
-def cases(manifest: str, dataset_dir: str, split: str, fold: int | None = None,
-          output_dir: str | None = None) -> list[dict]:
-    """Items of one split of a data manifest, with paths under ``dataset_dir``; with
-    ``output_dir`` (an evaluation's report folder), the destination is checked first."""
+def cases(manifest: str, dataset_dir: str, split: str | list[str], fold: int | None = None,
+          output_dir: str | None = None, sites: list[str] | None = None) -> list[dict]:
+    """Items of one split (or several) of a data manifest, with paths under ``dataset_dir``,
+    optionally only those of ``sites``; with ``output_dir`` (an evaluation's report
+    folder), the destination is checked first."""
     def load() -> list[dict]:
         if output_dir is not None:
             check_output_dir(output_dir)
-        return load_split(manifest, dataset_dir, split, fold)
+        return load_split(manifest, dataset_dir, split, fold, sites)
 
     return or_exit(load)
 

@@ -63,14 +63,25 @@ def _check_files_exist(items: list[dict], split: str, manifest_path: Path, datas
 
 
 def load_split(
-    manifest_path: str | os.PathLike, dataset_dir: str | os.PathLike, split: str, fold: int | None = None
+    manifest_path: str | os.PathLike,
+    dataset_dir: str | os.PathLike,
+    split: str | Sequence[str],
+    fold: int | None = None,
+    sites: Sequence[str] | None = None,
 ) -> list[dict]:
     """Items of ``split`` with paths joined onto ``dataset_dir``, for bundle configs.
 
     With ``fold`` (k-fold manifests), "training" is every training item outside that
-    fold and "validation" the items inside it; "testing" ignores ``fold``. Raises
-    ValueError for a bad manifest or split, an empty result, or missing files.
+    fold and "validation" the items inside it; "testing" ignores ``fold``. A list of
+    splits gives their items in turn (e.g. every case of a site for a cross-site test).
+    With ``sites`` (multi-site manifests, ``xray_seg.chest.sites``), only the items of
+    those sites. Raises ValueError for a bad manifest or split, an unknown site, an
+    empty result, or missing files.
     """
+    if not isinstance(split, str):
+        if not split:
+            raise ValueError(f"manifest {manifest_path}: no split named")
+        return [item for s in split for item in load_split(manifest_path, dataset_dir, s, fold, sites)]
     from monai.data import load_decathlon_datalist  # takes seconds to import; the CLI does not need it
 
     manifest_path, dataset_dir = Path(manifest_path), Path(dataset_dir).absolute()
@@ -82,6 +93,11 @@ def load_split(
     if not dataset_dir.is_dir():
         raise ValueError(f"dataset folder {dataset_dir} does not exist: is --dataset_dir right?")
     items = load_decathlon_datalist(manifest_path, is_segmentation=True, data_list_key=key, base_dir=dataset_dir)
+    # MONAI joins every string that names an existing path onto base_dir, so a site
+    # called like its folder ("montgomery") would become a path: keep the manifest's own.
+    for item, raw in zip(items, manifest[key]):
+        if "site" in raw:
+            item["site"] = raw["site"]
     if by_fold:
         manifest_folds = sorted({e["fold"] for e in manifest["training"] if "fold" in e})
         if not manifest_folds:
@@ -89,12 +105,24 @@ def load_split(
         if fold not in manifest_folds:
             raise ValueError(f"manifest {manifest_path} has folds {manifest_folds}, not {fold}")
         items = [item for item in items if (item.get("fold") == fold) == (split == "validation")]
+    if sites is not None:
+        items = _of_sites(items, manifest, manifest_path, [sites] if isinstance(sites, str) else list(sites))
     if not items:
         k_fold = split == "validation" and any("fold" in e for e in manifest.get("training", []))
         hint = "; it is a k-fold manifest: pass a fold" if k_fold else ""
         raise ValueError(f"manifest {manifest_path}: split {split!r} is empty{hint}")
     _check_files_exist(items, split, manifest_path, dataset_dir)
     return items
+
+
+def _of_sites(items: list[dict], manifest: dict, manifest_path: Path, sites: list[str]) -> list[dict]:
+    known = manifest.get("sites")
+    if not known:
+        raise ValueError(f"manifest {manifest_path} has no sites; build one with `xray-seg manifest sites`")
+    unknown = [s for s in sites if s not in known]
+    if unknown:
+        raise ValueError(f"manifest {manifest_path} has no site {', '.join(map(repr, unknown))}; its sites: {', '.join(known)}")
+    return [item for item in items if item.get("site") in sites]
 
 
 def write_manifest(output_file: str | os.PathLike, manifest: dict) -> Path:
