@@ -45,7 +45,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     cxr.add_argument("--output_file", type=Path, default=Path("runs/benchmark/cxr_lungs.json"), help="report to write")
     cxr.add_argument("--n_images", type=int, default=24, help="synthetic 512x512 images per speed run")
     cxr.add_argument("--epochs", type=int, default=3, help="training epochs (the first is not timed)")
-    cxr.add_argument("--dataset_dir", type=Path, default=DATA / "montgomery", help="Montgomery folder for the test Dice")
+    cxr.add_argument("--dataset_dir", type=Path, default=DATA / "montgomery", help="Montgomery folder (timed images); its parent, the data root, holds the test split")
     cxr.add_argument("--phase", choices=["train", "infer", "dice"], help=argparse.SUPPRESS)
     cxr.set_defaults(run=benchmark_cxr)
 
@@ -135,6 +135,24 @@ def register(verbs: argparse._SubParsersAction) -> None:
     curves.add_argument("--metric_tag", default="val_mean_dice", help="scalar tag of the validation metric")
     curves.set_defaults(run=plot_curves)
 
+    report = verbs.add_parser("report", help="evaluation reports across models and data",
+                              description="Evaluation reports that compare models across data.")
+    reports = report.add_subparsers(dest="kind", required=True, metavar="KIND")
+    sites = reports.add_parser(
+        "sites", formatter_class=DEFAULTS, help="cxr_lungs: cross-site (leave-one-site-out) table and quality flag",
+        description="Evaluate cxr_lungs models on every site of the multi-site manifest: a site a model was "
+                    "trained on by its test split, any other site by every case. Writes cross_site.json, "
+                    "cross_site.md and collages of the worst cases.",
+    )  # fmt: skip
+    from xray_seg.studies.cross_site import DEFAULT_MODELS
+
+    sites.add_argument("--model", action="append", dest="models", metavar="NAME=CHECKPOINT:SITE[+SITE]",
+                       help="a model and the sites it was trained on (repeat); default: "
+                            + "; ".join(DEFAULT_MODELS))
+    sites.add_argument("--dataset_dir", type=Path, default=DATA, help="the data root of the multi-site manifest")
+    sites.add_argument("--output_dir", type=Path, default=Path("runs/cxr_lungs/cross_site"), help="report folder")
+    sites.set_defaults(run=report_sites)
+
 
 def benchmark_cxr(args: argparse.Namespace) -> int:
     from xray_seg.studies import benchmark_cxr as benchmark
@@ -215,4 +233,15 @@ def plot_curves(args: argparse.Namespace) -> int:
 
     plot_training_curves(args.log_dir, args.output_file, loss_tag=args.loss_tag, metric_tag=args.metric_tag)
     print(args.output_file)
+    return 0
+
+
+def report_sites(args: argparse.Namespace) -> int:
+    from xray_seg.shared.outputs import check_output_dir
+    from xray_seg.studies.cross_site import DEFAULT_MODELS, Model, cross_site_report
+
+    models = [Model.parse(m) for m in (args.models or DEFAULT_MODELS)]
+    check_output_dir(args.output_dir)
+    report = cross_site_report(models, args.output_dir, args.dataset_dir, command=_command())
+    print(f"wrote {args.output_dir / 'cross_site.md'} and cross_site.json ({len(report['evaluations'])} evaluations)")
     return 0

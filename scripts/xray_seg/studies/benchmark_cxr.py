@@ -118,7 +118,8 @@ def measure_test_dice(montgomery: Path) -> dict:
         return {"skipped": f"no Montgomery data at {montgomery} (set XRAY_DATA_DIR)"}
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        workflow = _workflow(["train.yaml", "evaluate.yaml"], dataset_dir=str(montgomery), output_dir=tmp)
+        # The bundle's own test split: every site of the multi-site manifest, under the data root.
+        workflow = _workflow(["train.yaml", "evaluate.yaml"], dataset_dir=str(montgomery.parent), output_dir=tmp)
         workflow.run()
         metrics = json.loads((Path(tmp) / "metrics.json").read_text())
         return {
