@@ -190,3 +190,24 @@ def test_inference_on_several_processes_wraps_torchrun(tmp_path: Path, capsys: p
     assert code == 0 and command[1:3] == ["-m", "torch.distributed.run"] and "--standalone" in command
     configs = json.loads(command[command.index("--config_file") + 1])
     assert [Path(c).name for c in configs] == ["inference.yaml", "multi_gpu_inference.yaml"]
+
+
+def test_evaluation_on_several_processes_wraps_torchrun(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = cli(["evaluate", "--bundle", "cxr_anatomy", "--nnodes", "2", "--node_rank", "0", "--rdzv_endpoint",
+                        "127.0.0.1:29512", "--config", "invertednet.yaml", "--dry_run"], capsys)
+    command = shlex.split(out.strip().splitlines()[-1][2:])
+    assert code == 0 and command[1:3] == ["-m", "torch.distributed.run"] and "--standalone" not in command
+    assert "--nnodes 2 --node_rank 0 --rdzv_backend c10d --rdzv_endpoint 127.0.0.1:29512" in " ".join(command)
+    configs = json.loads(command[command.index("--config_file") + 1])
+    # The distributed mix-in after evaluate.yaml, whose initialize it replaces.
+    assert [Path(c).name for c in configs] == ["train.yaml", "invertednet.yaml", "evaluate.yaml",
+                                               "multi_gpu_evaluate.yaml"]
+
+
+def test_3d_inference_on_several_processes_wraps_torchrun(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = cli(["infer", "--bundle", "xray_tomography", "--nproc", "3", "--dataset_dir", str(tmp_path),
+                        "--dry_run"], capsys)
+    command = shlex.split(out.strip().splitlines()[-1][2:])
+    assert code == 0 and "--nproc_per_node" in command and command[command.index("--nproc_per_node") + 1] == "3"
+    configs = json.loads(command[command.index("--config_file") + 1])
+    assert [Path(c).name for c in configs] == ["inference.yaml", "multi_gpu_inference.yaml"]

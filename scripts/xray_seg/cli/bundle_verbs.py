@@ -28,7 +28,8 @@ HELP = {
     "infer": "segment every image or volume in a folder",
 }
 # The mix-in that a run on several processes (torchrun) adds, per verb.
-DISTRIBUTED_MIXIN = {"train": "multi_gpu_train.yaml", "infer": "multi_gpu_inference.yaml"}
+DISTRIBUTED_MIXIN = {"train": "multi_gpu_train.yaml", "evaluate": "multi_gpu_evaluate.yaml",
+                     "infer": "multi_gpu_inference.yaml"}
 # Named flags: config ids that every user sets; any other id is given as --ID VALUE.
 NAMED = {
     "train": ["dataset_dir", "datalist", "output_dir", "run_name", "device"],
@@ -128,7 +129,7 @@ def distributed(args: argparse.Namespace) -> bool:
 
 def torchrun_command(args: argparse.Namespace, bundle_cmd: list[str]) -> list[str]:
     """PyTorch's own launcher (torchrun) around the bundle command: it starts the processes,
-    sets RANK/LOCAL_RANK/WORLD_SIZE and the rendezvous; multi_gpu_train.yaml does the rest."""
+    sets RANK/LOCAL_RANK/WORLD_SIZE and the rendezvous; the multi_gpu_*.yaml mix-in does the rest."""
     launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(args.nproc)]
     if args.nnodes > 1:
         launch += ["--nnodes", str(args.nnodes), "--node_rank", str(args.node_rank), "--rdzv_backend", "c10d",
@@ -141,9 +142,11 @@ def torchrun_command(args: argparse.Namespace, bundle_cmd: list[str]) -> list[st
 def run(args: argparse.Namespace, extra: list[str]) -> int:
     overrides = {flag: getattr(args, flag) for flag in NAMED[args.job] if getattr(args, flag) is not None}
     overrides |= parse_overrides(extra)
-    # The distributed mix-in first, so that the user's own mix-ins can still change what it sets.
-    mixins = [*([DISTRIBUTED_MIXIN[args.job]] if distributed(args) else []), *args.config]
-    job = prepare(args.job, args.bundle, mixins, overrides, cwd=Path.cwd())
+    # The distributed mix-in first, so that the user's own mix-ins can still change what it sets;
+    # evaluate's goes after evaluate.yaml, whose process setup (initialize) it replaces.
+    launch = [DISTRIBUTED_MIXIN[args.job]] if distributed(args) else []
+    mixins, after = (args.config, launch) if args.job == "evaluate" else ([*launch, *args.config], [])
+    job = prepare(args.job, args.bundle, mixins, overrides, cwd=Path.cwd(), after=after)
     command = torchrun_command(args, job.command()) if distributed(args) else job.command()
     print("$ " + shlex.join(command), flush=True)
     if args.dry_run:
