@@ -12,7 +12,6 @@ import argparse
 import json
 import re
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 
@@ -144,14 +143,35 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     overrides |= parse_overrides(extra)
     # The distributed mix-in first, so that the user's own mix-ins can still change what it sets;
     # evaluate's goes after evaluate.yaml, whose process setup (initialize) it replaces.
-    launch = [DISTRIBUTED_MIXIN[args.job]] if distributed(args) else []
-    mixins, after = (args.config, launch) if args.job == "evaluate" else ([*launch, *args.config], [])
+    launcher = [DISTRIBUTED_MIXIN[args.job]] if distributed(args) else []
+    mixins, after = (args.config, launcher) if args.job == "evaluate" else ([*launcher, *args.config], [])
     job = prepare(args.job, args.bundle, mixins, overrides, cwd=Path.cwd(), after=after)
     command = torchrun_command(args, job.command()) if distributed(args) else job.command()
     print("$ " + shlex.join(command), flush=True)
     if args.dry_run:
         return 0
     if distributed(args):
-        return subprocess.run(command).returncode
+        return launch(command)
     job.run()
+    return 0
+
+
+def launch(command: list[str]) -> int:
+    """Run the torchrun ``command`` (``python -m torch.distributed.run ...``) in this process.
+
+    In this process rather than as a subprocess so that a run refused for bad input ends
+    as in one process: the ranks print their ``ERROR:`` line and exit 2, and so does
+    this command, without torchrun's error report (a traceback per failed rank)."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run as torchrun
+
+    try:
+        torchrun(parse_args(command[3:]))
+    except ChildFailedError as err:
+        codes = sorted({failure.exitcode for failure in err.failures.values()})
+        if 2 in codes:  # bad input (xray_seg.shared.errors); the other ranks may have been stopped
+            return 2
+        print(f"ERROR: {len(err.failures)} process(es) of the run failed, exit status {codes}; see their output above",
+              file=sys.stderr)
+        return 1
     return 0
