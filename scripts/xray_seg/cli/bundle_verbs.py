@@ -3,7 +3,8 @@
 The command builds the config file list (train: train.yaml + mix-ins; evaluate:
 train.yaml + mix-ins + evaluate.yaml; infer: inference.yaml + mix-ins), checks the
 settings, prints the equivalent `python -m monai.bundle run` command and runs that
-same workflow in this process.
+same workflow in this process. With --nproc or --nnodes it adds the bundle's
+multi_gpu_*.yaml mix-in and runs the command under torchrun instead.
 """
 
 from __future__ import annotations
