@@ -203,35 +203,40 @@ class SegmentationReport:
     def scored_classes(self) -> list[str]:
         return self.class_names if self.include_background else self.class_names[1:]
 
+    def case_fields(self) -> list[dict[str, Any]]:
+        """This process's per-case row entries besides the metrics (which MONAI gathers):
+        the case name, then the case measures. They travel to rank 0 as they are, so an
+        entry added here reaches the report from every rank."""
+        return [{"case": name, **(self.extra[i] if self.extra else {})} for i, name in enumerate(self.names)]
+
     def gathered_cases(self) -> tuple[list[dict], list[dict], list[dict], np.ndarray] | None:
         """Every process's cases on rank 0, sorted by case name: (per-case rows, case
         measures, pictures, pixel confusion); None on the other ranks and when no case
         was scored. One process takes the same path without communication, so the files
         of a run on N processes equal those of a run on one. A collective: every rank calls it."""
-        # Only the metrics are gathered by MONAI; names, measures, pictures and pixel counts
-        # are Python objects, gathered here in the same rank order.
+        # MONAI gathers the metrics; the rest are Python objects, gathered here in the same rank order.
         scores = self.per_case_scores() if self.names else None
-        parts = gather_to_rank0({"names": self.names, "extra": self.extra, "pictures": self.pictures,
+        parts = gather_to_rank0({"fields": self.case_fields(), "extra": self.extra, "pictures": self.pictures,
                                  "pixels": self.pixels})
         if parts is None or scores is None:
             return None
-        names: list[str] = []
+        fields: list[dict] = []
         extra: list[dict] = []
         pictures: list[dict] = []
         for part in parts:  # rank order; picture -> case indices become global ones
-            pictures += [{**pic, "case": pic["case"] + len(names)} for pic in part["pictures"]]
-            names += part["names"]
+            pictures += [{**pic, "case": pic["case"] + len(fields)} for pic in part["pictures"]]
+            fields += part["fields"]
             extra += part["extra"]
         rows = []
-        for i, name in enumerate(names):
-            row: dict[str, Any] = {"case": name}
+        for i, own in enumerate(fields):
+            row: dict[str, Any] = {"case": own["case"]}
             for metric, values in scores.items():
                 for c, cls in enumerate(self.scored_classes):
                     row[f"{metric}_{cls}"] = float(values[i, c])
             row["mean_dice"] = float(torch.nanmean(scores["dice"][i]))
-            row.update(extra[i] if extra else {})
+            row.update(own)
             rows.append(row)
-        order = sorted(range(len(rows)), key=lambda i: names[i])
+        order = sorted(range(len(rows)), key=lambda i: rows[i]["case"])
         position = {old: new for new, old in enumerate(order)}
         pictures = sorted(({**pic, "case": position[pic["case"]]} for pic in pictures), key=lambda pic: pic["case"])
         pixels = np.sum([part["pixels"] for part in parts], axis=0, dtype=np.int64)
