@@ -107,5 +107,6 @@ def check_shares(count: int, world_size: int, what: str = "inputs") -> None:
     on every rank, before the process group forms): a process without an item cannot run its
     engine (ignite refuses empty data), and the others would wait for it at the end."""
     if count < world_size:
+        what = what.removesuffix("s") if count == 1 else what
         fail(f"{count} {what} for {world_size} processes: every process needs at least one; "
              f"run on at most {count} processes (--nproc)")
