@@ -190,3 +190,52 @@ def test_inference_on_several_processes_wraps_torchrun(tmp_path: Path, capsys: p
     assert code == 0 and command[1:3] == ["-m", "torch.distributed.run"] and "--standalone" in command
     configs = json.loads(command[command.index("--config_file") + 1])
     assert [Path(c).name for c in configs] == ["inference.yaml", "multi_gpu_inference.yaml"]
+
+
+def test_evaluation_on_several_processes_wraps_torchrun(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = cli(["evaluate", "--bundle", "cxr_anatomy", "--nnodes", "2", "--node_rank", "0", "--rdzv_endpoint",
+                        "127.0.0.1:29512", "--config", "invertednet.yaml", "--dry_run"], capsys)
+    command = shlex.split(out.strip().splitlines()[-1][2:])
+    assert code == 0 and command[1:3] == ["-m", "torch.distributed.run"] and "--standalone" not in command
+    assert "--nnodes 2 --node_rank 0 --rdzv_backend c10d --rdzv_endpoint 127.0.0.1:29512" in " ".join(command)
+    configs = json.loads(command[command.index("--config_file") + 1])
+    # The distributed mix-in after evaluate.yaml, whose initialize it replaces.
+    assert [Path(c).name for c in configs] == ["train.yaml", "invertednet.yaml", "evaluate.yaml",
+                                               "multi_gpu_evaluate.yaml"]
+
+
+def test_3d_inference_on_several_processes_wraps_torchrun(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = cli(["infer", "--bundle", "xray_tomography", "--nproc", "3", "--dataset_dir", str(tmp_path),
+                        "--dry_run"], capsys)
+    command = shlex.split(out.strip().splitlines()[-1][2:])
+    assert code == 0 and "--nproc_per_node" in command and command[command.index("--nproc_per_node") + 1] == "3"
+    configs = json.loads(command[command.index("--config_file") + 1])
+    assert [Path(c).name for c in configs] == ["inference.yaml", "multi_gpu_inference.yaml"]
+
+
+@pytest.mark.parametrize("status,expected", [(2, 2), (3, 1)], ids=["bad input", "crash"])
+def test_torchrun_failures_end_like_one_process(status: int, expected: int, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """Ranks refusing bad input (exit 2, their own ERROR: line) end the command with 2 and
+    without torchrun's tracebacks; any other failure ends it with 1 and one ERROR: line."""
+    from xray_seg.cli.bundle_verbs import launch
+
+    script = tmp_path / "rank.py"
+    script.write_text(f"import sys\nprint('ERROR: x: bad', file=sys.stderr)\nsys.exit({status})\n")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", str(script)]
+    assert launch(command) == expected
+    err = capsys.readouterr().err
+    # torchrun's own report of failed ranks is a ChildFailedError traceback.
+    assert "ChildFailedError" not in err and ("ERROR: 2 process(es)" in err) == (expected == 1)
+
+
+def test_a_distributed_run_needs_an_item_per_process(capsys: pytest.CaptureFixture[str]) -> None:
+    from xray_seg.shared.inputs import check_shares, shard
+
+    items = [{"image": str(i)} for i in range(5)]
+    assert [shard(items, r, 2) for r in (0, 1)] == [items[0::2], items[1::2]]
+    check_shares(2, 2)
+    with pytest.raises(SystemExit) as stop:
+        shard(items[:2], 0, 3, "volumes")
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip() == "ERROR: 2 volumes for 3 processes: every process needs at least one; run on at most 2 processes (--nproc)"

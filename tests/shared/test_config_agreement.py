@@ -126,3 +126,37 @@ def test_the_distributed_inference_mixin_is_the_same_in_both_2d_bundles() -> Non
         mixin = yaml.safe_load((BUNDLES / bundle / "configs" / "multi_gpu_inference.yaml").read_text())
         assert "dataset" in infer.config and "data" in infer.config["dataset"], bundle
         assert set(mixin) <= set(infer.config) | {"rank", "world_size", "backend", "dataset#data", "finalize"}, bundle
+
+
+def test_the_distributed_evaluation_mixin_is_the_same_in_every_bundle() -> None:
+    texts = {b: (BUNDLES / b / "configs" / "multi_gpu_evaluate.yaml").read_text().replace(b, "BUNDLE") for b in VARIANTS}
+    assert len(set(texts.values())) == 1
+    for bundle in VARIANTS:  # it applies to train.yaml + evaluate.yaml: the ids it sets exist there
+        evaluate = parser(bundle, "train.yaml", ["evaluate.yaml"])
+        mixin = yaml.safe_load((BUNDLES / bundle / "configs" / "multi_gpu_evaluate.yaml").read_text())
+        for key in mixin:
+            if "#" in key and not key.endswith("sampler"):
+                node = evaluate.config
+                for part in key.split("#"):
+                    assert part in node, (bundle, key)
+                    node = node[part]
+        # Every rank scores its cases and takes part in the report's gather; only logging is rank 0's.
+        merged = parser(bundle, "train.yaml", ["evaluate.yaml", "multi_gpu_evaluate.yaml"])
+        handlers = [h["_target_"] for h in merged.config["validate"]["handlers"]]
+        assert "xray_seg.shared.handlers.SegmentationReport" in handlers and "CheckpointLoader" in handlers, bundle
+        assert merged.config["validate"]["dataset"]["_target_"] == "CacheDataset", bundle  # cache_rate applies
+        assert "check_shares" in merged.config["initialize"][0], bundle  # before the process group forms
+        assert merged.config["run"] == parser(bundle, "train.yaml", ["evaluate.yaml"]).config["run"], bundle
+
+
+def test_the_3d_distributed_inference_mixin_keeps_the_inference_steps() -> None:
+    """xray_tomography's multi_gpu_inference.yaml repeats inference.yaml's handlers and
+    initialize (a list cannot be extended by a mix-in): the copies must not drift."""
+    configs = BUNDLES / "xray_tomography" / "configs"
+    infer = yaml.safe_load((configs / "inference.yaml").read_text())
+    mixin = yaml.safe_load((configs / "multi_gpu_inference.yaml").read_text())
+    assert mixin["handlers"][1:] == infer["handlers"]
+    assert mixin["handlers"][0]["_target_"] == "xray_seg.shared.handlers.StagedOutputs"
+    steps = [s for s in mixin["initialize"] if "distributed" not in s and "cuda.set_device" not in s]
+    assert sorted(steps) == sorted(infer["initialize"])  # the same steps; inputs checked before the group forms
+    assert mixin["run"] == infer["run"]

@@ -2,11 +2,14 @@
 process each meeting over loopback; the ranks must end with identical weights, rank 0
 alone writes the run folder, the best model loads into the inference network, and
 validation Dice agrees with a one-process run of the same global batch. Inference: 2
-processes share the inputs and publish the same masks as one process."""
+processes share the inputs and publish the same masks as one process. Evaluation: 2
+processes, and 2 "nodes", write the same report as one process."""
 
 from __future__ import annotations
 
+import csv
 import json
+import math
 import re
 import socket
 import subprocess
@@ -19,8 +22,11 @@ import torch
 from monai.bundle import ConfigParser
 from PIL import Image
 
+from bundle_runs import run_bundle_in_process
+
 from xray_seg.chest.manifest import build_manifest
 from xray_seg.shared.atomic import write_text
+from xray_seg.shared.bundles import prepare
 from xray_seg.shared.paths import BUNDLES
 from xray_seg.synthetic.cxr import generate_dataset
 
@@ -142,3 +148,84 @@ def test_sharded_inference_writes_the_same_masks_as_one_process(bundle: str, dat
     assert len(outputs["1"]) >= 12 and list(outputs["1"]) == list(outputs["2"])
     assert all(np.array_equal(outputs["1"][name], outputs["2"][name]) for name in outputs["1"])
     assert not any(name.startswith(".") for name in outputs["2"])  # nothing staged is left
+
+
+# ---------------------------------------------------------------- evaluation
+
+# The shipped lungs model on the 8 synthetic training images at 128 px: quick, and the
+# scores vary from case to case (some 0, some undefined, some high), so that a case
+# scored under another's name or counted twice would show.
+EVALUATION = {"split": "training", "image_size": 128, "roi_size": [128, 128], "num_workers": 0}
+
+
+def evaluate_command(data: dict[str, Path], out: Path, *launch: str) -> list[str]:
+    settings = [arg for key, value in EVALUATION.items() for arg in (f"--{key}", str(value).replace(" ", ""))]
+    return [sys.executable, "-m", "xray_seg.cli", "evaluate", "--bundle", "cxr_lungs", *launch, *settings,
+            "--dataset_dir", str(data["data"]), "--datalist", str(data["manifest"]), "--output_dir", str(out)]
+
+
+def report(folder: Path) -> tuple[dict, list[dict]]:
+    with open(folder / "metrics_per_case.csv", newline="") as f:
+        return json.loads((folder / "metrics.json").read_text()), list(csv.DictReader(f))
+
+
+def assert_close(a: object, b: object, where: str = "") -> None:
+    """Equal structure and strings; numbers equal within float tolerance (NaN equals NaN)."""
+    if isinstance(a, (dict, list, tuple)):
+        assert type(a) is type(b) and len(a) == len(b), (where, a, b)
+        keys = list(a) if isinstance(a, dict) else range(len(a))
+        assert not isinstance(a, dict) or list(a) == list(b), (where, list(a), list(b))
+        for key in keys:
+            assert_close(a[key], b[key], f"{where}/{key}")
+    elif isinstance(a, str) and isinstance(b, str) and a != b:  # CSV cells: numbers as text
+        assert_close(float(a), float(b), where)
+    elif isinstance(a, float) or isinstance(b, float):
+        assert math.isnan(a) and math.isnan(b) or math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-6), (where, a, b)
+    else:
+        assert a == b, (where, a, b)
+
+
+@pytest.fixture(scope="module")
+def one_process_report(data: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, list[dict]]:
+    out = tmp_path_factory.mktemp("eval") / "one"
+    run_bundle_in_process(BUNDLE, ["train.yaml", "evaluate.yaml"], dataset_dir=data["data"], datalist=data["manifest"],
+                          output_dir=out, device="$torch.device('cpu')", **EVALUATION)
+    metrics, rows = report(out)
+    cases = [row["case"] for row in rows]
+    assert metrics["num_cases"] == len(cases) == 8 and cases == sorted(cases)
+    dice = {float(row["dice_lung"]) for row in rows}
+    assert len(dice) >= 4 and max(dice) > 0.5  # cases that differ, so that a mix-up would show
+    return metrics, rows
+
+
+def test_two_processes_evaluate_like_one(data: dict[str, Path], one_process_report: tuple[dict, list[dict]],
+                                         tmp_path: Path) -> None:
+    """`xray-seg evaluate --nproc 2` (multi_gpu_evaluate.yaml): each rank scores every second
+    case, rank 0 gathers them; metrics.json and the per-case CSV equal a one-process run's."""
+    log = check(subprocess.run(evaluate_command(data, tmp_path / "two", "--nproc", "2"),
+                               capture_output=True, text=True, timeout=600))
+    assert "multi_gpu_evaluate.yaml" in log
+    assert_close(report(tmp_path / "two"), one_process_report)
+    assert (tmp_path / "two" / "collage.png").stat().st_size > 0
+
+
+def test_two_nodes_evaluate_over_loopback_like_one_process(data: dict[str, Path],
+                                                           one_process_report: tuple[dict, list[dict]],
+                                                           tmp_path: Path) -> None:
+    """Two torchrun launches (--nnodes 2, one process each) meeting on 127.0.0.1, with the
+    command that `xray-seg evaluate --nnodes 2` runs (its flags: tests/cli/test_cli_settings.py)."""
+    endpoint = f"127.0.0.1:{free_port()}"
+    job = prepare("evaluate", "cxr_lungs", [], {**EVALUATION, "dataset_dir": str(data["data"]),
+                                                "datalist": str(data["manifest"]), "output_dir": str(tmp_path / "nodes")},
+                  after=["multi_gpu_evaluate.yaml"])
+    nodes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+             "--node_rank", str(rank), "--rdzv_backend", "c10d", "--rdzv_endpoint", endpoint, "--rdzv_id", "xray-eval",
+             *job.command()[1:]],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for rank in (0, 1)
+    ]
+    logs = [node.communicate(timeout=600)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+    assert_close(report(tmp_path / "nodes"), one_process_report)

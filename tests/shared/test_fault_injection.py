@@ -278,6 +278,20 @@ def test_publishing_commits_in_one_rename_and_a_killed_publish_is_completed(tmp_
     assert tree(out) == ["a_seg.png", "b_seg.png", "c_seg.png", "d_seg.png"]
 
 
+def test_publishing_a_folder_replaces_the_one_of_an_earlier_run(tmp_path: Path) -> None:
+    """A volume given as a folder of slices has a folder of label slices as its output
+    (xray_tomography's multi_gpu_inference.yaml stages and publishes it like a file)."""
+    out = tmp_path / "out"
+    for slices, run in ((["slice_1.tif", "slice_2.tif"], "first"), (["slice_1.tif"], "second")):
+        staging = Path(staging_dir(str(out)))
+        for name in slices:
+            _file_at(staging / "stack_seg" / name).write_text(run)
+        _file_at(staging / "vol_seg.tif").write_text(run)
+        assert publish_folder(staging, out) == 2
+    assert tree(out) == ["stack_seg", "stack_seg/slice_1.tif", "vol_seg.tif"]
+    assert (out / "stack_seg" / "slice_1.tif").read_text() == (out / "vol_seg.tif").read_text() == "second"
+
+
 def test_staged_outputs_publish_nothing_on_failure(tmp_path: Path) -> None:
     out = tmp_path / "out"
     staged = StagedOutputs(staging_dir(str(out)), str(out))

@@ -331,3 +331,30 @@ def test_report_curves_come_from_the_models_own_run_or_none(tmp_path) -> None:
     _write_scalars(logs, {"train_loss": [(1, 0.9), (2, 0.5)], "val_mean_dice": [(2, 0.7)]})
     SegmentationReport(str(out), ["background", "lung"], log_dir=str(logs)).write_curves()
     assert (out / "training_curves.png").stat().st_size > 1000
+
+
+def test_report_lists_cases_by_name_with_their_own_scores(tmp_path) -> None:
+    """Rows are sorted by case name (so that a distributed evaluation, whose ranks finish in
+    any order, writes the same file as one process) and each keeps its own scores."""
+    from ignite.engine import Engine
+    from monai.data import MetaTensor
+
+    from xray_seg.shared.handlers import SegmentationReport
+
+    def case(name: str, hit: bool) -> dict:
+        truth = torch.zeros(2, 8, 8)
+        truth[1, 2:6, 2:6] = 1
+        truth[0] = 1 - truth[1]
+        pred = truth.clone() if hit else torch.flip(truth, dims=(1, 2)).roll(3, dims=1)
+        image = MetaTensor(torch.rand(1, 8, 8), meta={"filename_or_obj": f"/data/{name}"})
+        return {"image": image, "pred": pred, "label": truth}
+
+    report = SegmentationReport(str(tmp_path), ["background", "lung"], collage_rows=4)
+    engine = Engine(lambda _, batch: batch)
+    report.attach(engine)
+    engine.run([[case("c.png", True)], [case("a.png", False), case("b.png", True)]])
+    with open(tmp_path / "metrics_per_case.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["case"], float(r["dice_lung"]) == 1.0) for r in rows] == [("a.png", False), ("b.png", True), ("c.png", True)]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["num_cases"] == 3 and np.isclose(metrics["mean_dice"], np.mean([float(r["dice_lung"]) for r in rows]))

@@ -3,7 +3,8 @@
 The command builds the config file list (train: train.yaml + mix-ins; evaluate:
 train.yaml + mix-ins + evaluate.yaml; infer: inference.yaml + mix-ins), checks the
 settings, prints the equivalent `python -m monai.bundle run` command and runs that
-same workflow in this process.
+same workflow in this process. With --nproc or --nnodes it adds the bundle's
+multi_gpu_*.yaml mix-in and runs the command under torchrun instead.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import argparse
 import json
 import re
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 
@@ -28,7 +28,8 @@ HELP = {
     "infer": "segment every image or volume in a folder",
 }
 # The mix-in that a run on several processes (torchrun) adds, per verb.
-DISTRIBUTED_MIXIN = {"train": "multi_gpu_train.yaml", "infer": "multi_gpu_inference.yaml"}
+DISTRIBUTED_MIXIN = {"train": "multi_gpu_train.yaml", "evaluate": "multi_gpu_evaluate.yaml",
+                     "infer": "multi_gpu_inference.yaml"}
 # Named flags: config ids that every user sets; any other id is given as --ID VALUE.
 NAMED = {
     "train": ["dataset_dir", "datalist", "output_dir", "run_name", "device"],
@@ -128,7 +129,7 @@ def distributed(args: argparse.Namespace) -> bool:
 
 def torchrun_command(args: argparse.Namespace, bundle_cmd: list[str]) -> list[str]:
     """PyTorch's own launcher (torchrun) around the bundle command: it starts the processes,
-    sets RANK/LOCAL_RANK/WORLD_SIZE and the rendezvous; multi_gpu_train.yaml does the rest."""
+    sets RANK/LOCAL_RANK/WORLD_SIZE and the rendezvous; the multi_gpu_*.yaml mix-in does the rest."""
     launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(args.nproc)]
     if args.nnodes > 1:
         launch += ["--nnodes", str(args.nnodes), "--node_rank", str(args.node_rank), "--rdzv_backend", "c10d",
@@ -141,14 +142,37 @@ def torchrun_command(args: argparse.Namespace, bundle_cmd: list[str]) -> list[st
 def run(args: argparse.Namespace, extra: list[str]) -> int:
     overrides = {flag: getattr(args, flag) for flag in NAMED[args.job] if getattr(args, flag) is not None}
     overrides |= parse_overrides(extra)
-    # The distributed mix-in first, so that the user's own mix-ins can still change what it sets.
-    mixins = [*([DISTRIBUTED_MIXIN[args.job]] if distributed(args) else []), *args.config]
-    job = prepare(args.job, args.bundle, mixins, overrides, cwd=Path.cwd())
+    # The distributed mix-in first, so that the user's own mix-ins can still change what it sets;
+    # evaluate's goes after evaluate.yaml, whose process setup (initialize) it replaces.
+    launcher = [DISTRIBUTED_MIXIN[args.job]] if distributed(args) else []
+    mixins, after = (args.config, launcher) if args.job == "evaluate" else ([*launcher, *args.config], [])
+    job = prepare(args.job, args.bundle, mixins, overrides, cwd=Path.cwd(), after=after)
     command = torchrun_command(args, job.command()) if distributed(args) else job.command()
     print("$ " + shlex.join(command), flush=True)
     if args.dry_run:
         return 0
     if distributed(args):
-        return subprocess.run(command).returncode
+        return launch(command)
     job.run()
+    return 0
+
+
+def launch(command: list[str]) -> int:
+    """Run the torchrun ``command`` (``python -m torch.distributed.run ...``) in this process.
+
+    In this process rather than as a subprocess so that a run refused for bad input ends
+    as in one process: the ranks print their ``ERROR:`` line and exit 2, and so does
+    this command, without torchrun's error report (a traceback per failed rank)."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run as torchrun
+
+    try:
+        torchrun(parse_args(command[3:]))
+    except ChildFailedError as err:
+        codes = sorted({failure.exitcode for failure in err.failures.values()})
+        if 2 in codes:  # bad input (xray_seg.shared.errors); the other ranks may have been stopped
+            return 2
+        print(f"ERROR: {len(err.failures)} process(es) of the run failed, exit status {codes}; see their output above",
+              file=sys.stderr)
+        return 1
     return 0

@@ -188,13 +188,18 @@ class BundleJob:
             )
 
 
-def prepare(job: str, bundle: str | Path, mixins: list[str], overrides: dict[str, Any], cwd: Path | None = None) -> BundleJob:
-    """Check the request and build the job; a UserError says what is wrong."""
+def prepare(job: str, bundle: str | Path, mixins: list[str], overrides: dict[str, Any], cwd: Path | None = None,
+            after: list[str] = ()) -> BundleJob:
+    """Check the request and build the job; a UserError says what is wrong.
+
+    ``mixins`` go before the job's last file (evaluate.yaml), ``after`` after it
+    (multi_gpu_evaluate.yaml, which changes what evaluate.yaml sets)."""
     folder = resolve_bundle(bundle)
     first, last = JOBS[job]
     files = [folder / "configs" / name for name in first]
     files += [resolve_config(folder, name) for name in mixins]
     files += [folder / "configs" / name for name in last]
+    files += [resolve_config(folder, name) for name in after]
     job_ = BundleJob(folder, job, files, absolute_paths(overrides, cwd or Path.cwd()))
     check_overrides(job_.overrides, files, job_.what)
     if "device" in job_.overrides:

@@ -39,6 +39,20 @@ logger = logging.getLogger(__name__)
 
 # Names as in the literature; values are MONAI's confusion-matrix metric names.
 _CONFUSION_METRICS = {"accuracy": "accuracy", "precision": "precision", "recall": "recall", "f1": "f1 score"}
+# Per-case metrics of the report, in column order.
+METRICS = ("dice", "iou", *_CONFUSION_METRICS, "hd95")
+
+
+def gather_to_rank0(payload: Any) -> list[Any] | None:
+    """Every rank's ``payload`` (any picklable object) on rank 0, in rank order; None on the
+    other ranks; ``[payload]`` in one process. torch.distributed.gather_object rather than
+    ignite's idist.all_gather: only rank 0 needs the pictures, so no other rank holds them all."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return [payload]
+    world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
+    gathered: list[Any] | None = [None] * world if rank == 0 else None
+    torch.distributed.gather_object(payload, gathered, dst=0)
+    return gathered
 
 
 def _case_name(item: dict, key: str) -> str:
@@ -89,6 +103,11 @@ class SegmentationReport:
     confusion matrix), ``metrics_per_case.csv`` and ``collage.png`` (one tile per
     (tag, plane) that ``planes`` picks from a case, e.g. several z-slices); and, when
     ``log_dir`` holds TensorBoard logs of the training run, ``training_curves.png``.
+
+    Cases are listed by name. In a distributed evaluation (torchrun,
+    ``multi_gpu_evaluate.yaml``) every rank scores its share; at the end of the epoch
+    rank 0 gathers all ranks' rows, pictures and pixel counts and writes the files,
+    which then equal those of an evaluation in one process.
     """
 
     def __init__(
@@ -166,7 +185,11 @@ class SegmentationReport:
                 )
 
     def per_case_scores(self) -> dict[str, torch.Tensor]:
-        """Metric name -> (cases, classes) tensor."""
+        """Metric name (``METRICS``, in that order) -> (cases, classes) tensor.
+
+        In a distributed run MONAI's metrics gather their buffers over the ranks
+        (``Cumulative.get_buffer``, a collective: every rank calls it), so the rows are
+        every rank's cases, rank 0's first."""
         buffer = self.confusion.get_buffer()
         scores = {
             "dice": self.dice.aggregate(),
@@ -174,54 +197,92 @@ class SegmentationReport:
             **{name: compute_confusion_matrix_metric(monai_name, buffer) for name, monai_name in _CONFUSION_METRICS.items()},
             "hd95": self.hd95.aggregate(),
         }
-        return {k: v.reshape(len(self.names), -1).float().cpu() for k, v in scores.items()}
+        return {k: v.reshape(len(v), -1).float().cpu() for k, v in scores.items()}
 
-    def write(self, engine: Engine) -> None:
-        if idist.get_rank() != 0 or not self.names:
-            return
-        scores = self.per_case_scores()
-        classes = self.class_names if self.include_background else self.class_names[1:]
-        per_case = []
-        for i, name in enumerate(self.names):
-            row: dict[str, Any] = {"case": name}
+    @property
+    def scored_classes(self) -> list[str]:
+        return self.class_names if self.include_background else self.class_names[1:]
+
+    def case_fields(self) -> list[dict[str, Any]]:
+        """This process's per-case row entries besides the metrics (which MONAI gathers):
+        the case name, then the case measures. They travel to rank 0 as they are, so an
+        entry added here reaches the report from every rank."""
+        return [{"case": name, **(self.extra[i] if self.extra else {})} for i, name in enumerate(self.names)]
+
+    def gathered_cases(self) -> tuple[list[dict], list[dict], list[dict], np.ndarray] | None:
+        """Every process's cases on rank 0, sorted by case name: (per-case rows, case
+        measures, pictures, pixel confusion); None on the other ranks and when no case
+        was scored. One process takes the same path without communication, so the files
+        of a run on N processes equal those of a run on one. A collective: every rank calls it."""
+        # MONAI gathers the metrics; the rest are Python objects, gathered here in the same rank order.
+        scores = self.per_case_scores() if self.names else None
+        parts = gather_to_rank0({"fields": self.case_fields(), "extra": self.extra, "pictures": self.pictures,
+                                 "pixels": self.pixels})
+        if parts is None or scores is None:
+            return None
+        fields: list[dict] = []
+        extra: list[dict] = []
+        pictures: list[dict] = []
+        for part in parts:  # rank order; picture -> case indices become global ones
+            pictures += [{**pic, "case": pic["case"] + len(fields)} for pic in part["pictures"]]
+            fields += part["fields"]
+            extra += part["extra"]
+        rows = []
+        for i, own in enumerate(fields):
+            row: dict[str, Any] = {"case": own["case"]}
             for metric, values in scores.items():
-                for c, cls in enumerate(classes):
+                for c, cls in enumerate(self.scored_classes):
                     row[f"{metric}_{cls}"] = float(values[i, c])
             row["mean_dice"] = float(torch.nanmean(scores["dice"][i]))
-            row.update(self.extra[i] if self.extra else {})
-            per_case.append(row)
-        for picture in self.pictures:
+            row.update(own)
+            rows.append(row)
+        order = sorted(range(len(rows)), key=lambda i: rows[i]["case"])
+        position = {old: new for new, old in enumerate(order)}
+        pictures = sorted(({**pic, "case": position[pic["case"]]} for pic in pictures), key=lambda pic: pic["case"])
+        pixels = np.sum([part["pixels"] for part in parts], axis=0, dtype=np.int64)
+        return [rows[i] for i in order], [extra[i] for i in order] if extra else [], pictures, pixels
+
+    def write(self, engine: Engine) -> None:
+        gathered = self.gathered_cases()  # a collective: every rank calls it
+        if gathered is None:
+            return
+        per_case, extra, pictures, pixels = gathered
+        for picture in pictures:
             picture["score"] = per_case[picture["case"]]["mean_dice"]
+        classes = self.scored_classes
+        # The summary is computed from the rows, so it is the same whichever rank scored a case.
+        scores = {metric: torch.tensor([[row[f"{metric}_{cls}"] for cls in classes] for row in per_case])
+                  for metric in METRICS}
 
         def nanmean(values: torch.Tensor) -> float:
             finite = values[torch.isfinite(values)]
             return float(finite.mean()) if finite.numel() else float("nan")
 
         summary = {
-            "num_cases": len(self.names),
+            "num_cases": len(per_case),
             "mean_dice": nanmean(scores["dice"]),
             "classes": {
                 cls: {metric: nanmean(values[:, c]) for metric, values in scores.items()} for c, cls in enumerate(classes)
             },
             "std_dice": {cls: float(scores["dice"][:, c].std()) for c, cls in enumerate(classes)},
-            **({"case_measures": {k: nanmean(torch.tensor([e[k] for e in self.extra], dtype=torch.float64))
-                                  for k in self.extra[0]}} if self.extra else {}),
+            **({"case_measures": {k: nanmean(torch.tensor([e[k] for e in extra], dtype=torch.float64))
+                                  for k in extra[0]}} if extra else {}),
             "pixel_confusion_matrix": {
                 "labels": self.map_names,
                 "rows": "truth",
                 "columns": "prediction",
-                "counts": self.pixels.tolist(),
+                "counts": pixels.tolist(),
             },
             "pooled_pixel_scores": {
-                self.map_names[c]: s for c, s in class_scores_from_confusion(self.pixels).items()
+                self.map_names[c]: s for c, s in class_scores_from_confusion(pixels).items()
             },
             "units": {"hd95": "pixels (voxels) of the evaluated image"},
             "engine_metrics": {k: v for k, v in engine.state.metrics.items() if isinstance(v, (int, float))},
             **({"settings": self.settings} if self.settings else {}),
         }
         json_path, csv_path = write_report(self.output_dir, summary, per_case)
-        collage = save_collage(self.pictures, self.output_dir / "collage.png", max_rows=self.collage_rows)
-        logger.info("mean Dice %.4f over %d cases; wrote %s, %s, %s", summary["mean_dice"], len(self.names), json_path, csv_path, collage)
+        collage = save_collage(pictures, self.output_dir / "collage.png", max_rows=self.collage_rows)
+        logger.info("mean Dice %.4f over %d cases; wrote %s, %s, %s", summary["mean_dice"], len(per_case), json_path, csv_path, collage)
         self.write_curves()
 
     def write_curves(self) -> None:

@@ -96,7 +96,18 @@ def checkpoint(path: str) -> str:
     return path
 
 
-def shard(items: list[dict], rank: int, world_size: int) -> list[dict]:
+def shard(items: list[dict], rank: int, world_size: int, what: str = "inputs") -> list[dict]:
     """This rank's share of ``items`` in a distributed run: every ``world_size``-th item from
     ``rank``, so shares differ by at most one item and together are ``items`` exactly once."""
+    check_shares(len(items), world_size, what)
     return items[rank::world_size]
+
+
+def check_shares(count: int, world_size: int, what: str = "inputs") -> None:
+    """Refuse a distributed run with more processes than ``count`` items (one ``ERROR:`` line,
+    on every rank, before the process group forms): a process without an item cannot run its
+    engine (ignite refuses empty data), and the others would wait for it at the end."""
+    if count < world_size:
+        what = what.removesuffix("s") if count == 1 else what
+        fail(f"{count} {what} for {world_size} processes: every process needs at least one; "
+             f"run on at most {count} processes (--nproc)")

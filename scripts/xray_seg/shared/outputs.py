@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import secrets
 import shutil
 from pathlib import Path
 
@@ -111,10 +112,23 @@ def finish_publishing(output_dir: str | os.PathLike) -> int:
         return 0
     moved = 0
     for entry in sorted(committed.iterdir()):
-        os.replace(entry, Path(output_dir) / entry.name)
+        _replace(entry, Path(output_dir) / entry.name)
         moved += 1
     committed.rmdir()
     return moved
+
+
+def _replace(entry: Path, target: Path) -> None:
+    """``os.replace``, also for a folder (a volume's folder of slices) over an existing one,
+    which os.replace refuses when it is not empty: the old one is first renamed to a
+    temporary name (removed by ``clean_stale_temporaries`` should a kill come between)."""
+    if entry.is_dir() and target.is_dir() and not target.is_symlink():
+        old = target.with_name(f".{target.name}.{secrets.token_hex(4)}.partial")
+        os.replace(target, old)
+        os.replace(entry, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(entry, target)
 
 
 def prepare_output_dir(output_dir: str | os.PathLike) -> Path:

@@ -159,7 +159,9 @@ class VolumeSegmenter(Engine):
     MONAI's ``SupervisedEvaluator`` would load every volume whole; this engine keeps
     the bundle's evaluator property (and its handlers: progress, logging) while
     streaming. Each output is ``output_dir/<stem>_seg.<format>`` and appears whole or
-    not at all.
+    not at all. With ``staged``, ``output_dir`` is the staging folder of a
+    ``xray_seg.shared.handlers.StagedOutputs`` handler, which prepares and publishes it
+    (``multi_gpu_inference.yaml``: every rank segments its share of the volumes there).
     """
 
     def __init__(
@@ -173,12 +175,13 @@ class VolumeSegmenter(Engine):
         lower: float = 0.5,
         upper: float = 99.5,
         suffix: str = "_seg",
+        staged: bool = False,
     ) -> None:
         super().__init__(self._segment)
         or_exit(lambda: check_output_dir(output_dir))  # before the first volume is segmented
         self.dataset = dataset
         self.settings = dict(network=network, inferer=inferer, slab_depth=slab_depth, halo=halo, lower=lower, upper=upper)
-        self.output_dir, self.suffix = output_dir, suffix
+        self.output_dir, self.suffix, self.staged = output_dir, suffix, staged
 
     def _segment(self, engine: Engine, item: dict) -> dict:
         out = output_path(item["image"], self.output_dir, self.suffix)
@@ -191,7 +194,8 @@ class VolumeSegmenter(Engine):
 
     def run(self, data: Sequence[dict] | None = None, max_epochs: int = 1, **kwargs) -> State:
         items = self.dataset if data is None else data
-        or_exit(lambda: prepare_output_dir(self.output_dir))  # debris of a killed run
+        if not self.staged:  # a StagedOutputs handler prepares its own folder
+            or_exit(lambda: prepare_output_dir(self.output_dir))  # debris of a killed run
         return super().run([items[i] for i in range(len(items))], max_epochs=max_epochs, **kwargs)
 
 
