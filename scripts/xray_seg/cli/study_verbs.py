@@ -76,7 +76,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     speed.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     speed.add_argument("--amp", action="store_true", help="mixed precision (CUDA)")
     speed.add_argument("--n_images", type=int, default=64, help="synthetic 512x512 radiographs for the 2D pipeline")
-    speed.add_argument("--volume", type=parse_size, default="256x256x128", help="3D volume size, XxYxZ")
+    speed.add_argument("--volume", type=parse_size, default="256x256x256", help="3D volume size, XxYxZ")
     speed.set_defaults(run=benchmark_throughput)
 
     label = kinds.add_parser(
