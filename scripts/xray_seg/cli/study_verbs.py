@@ -58,7 +58,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
                       help="volume sizes, N or XxYxZ")
     tomo.add_argument("--output_dir", type=Path, default=Path("runs/benchmark_tomo"),
                       help="volumes, outputs and benchmark.json")
-    tomo.add_argument("--slab_depth", type=int, default=64, help="slices segmented at a time")
+    tomo.add_argument("--slab_depth", type=int, default=144, help="slices segmented at a time")
     tomo.add_argument("--halo", type=int, default=16, help="context slices on each side of a slab")
     tomo.add_argument("--max_angles", type=int, default=128, help="cap on the simulated scan's projection angles")
     tomo.add_argument("--generate_only", action="store_true", help="make the volumes, measure nothing")
