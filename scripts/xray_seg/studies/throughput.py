@@ -84,7 +84,7 @@ def pipeline_2d(device: torch.device, amp: bool, n_images: int, root: Path) -> d
     written = len(list((root / "out").glob("*_seg.png")))
     if written != n_images:
         raise RuntimeError(f"the inference wrote {written} of {n_images} masks")
-    settings = {k: workflow.parser.get_parsed_content(k) for k in ("batch_size", "num_workers")}
+    settings = {k: workflow.parser.get_parsed_content(k, default=None) for k in ("batch_size", "num_workers")}
     return {"images_per_s": round(n_images / seconds, 2), "images": n_images, "input": [512, 512],
             "seconds": round(seconds, 2), **settings}
 
