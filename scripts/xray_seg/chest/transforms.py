@@ -75,9 +75,10 @@ class _NumpyPercentiles(ScaleIntensityRangePercentiles):
     """MONAI's ``ScaleIntensityRangePercentiles`` with the percentiles taken by numpy.
 
     On a CPU tensor MONAI takes each percentile with ``torch.quantile``, which sorts the
-    whole image: about 40 ms per percentile for a 512x512 radiograph here (pytorch#64947),
-    against 1-2 ms for ``np.percentile``'s partial sort; the same linear interpolation, so
-    the same thresholds (to float32 rounding). MONAI itself switches to numpy above 1e6
+    whole image (pytorch#64947): for a 512x512 radiograph more than ten times as long as
+    ``np.percentile``'s partial sort, and the slowest step of the 2D inference (the
+    throughput section of the README). The same linear interpolation, so the same
+    thresholds (to float32 rounding). MONAI itself switches to numpy above 1e6
     elements only.
     """
 
@@ -101,9 +102,9 @@ class ScaleIntensityRangePercentilesd(_MonaiScaleIntensityRangePercentilesd):
 class _NumpyArgmax(AsDiscrete):
     """MONAI's ``AsDiscrete`` with ``argmax`` done by numpy for CPU tensors.
 
-    ``torch.argmax`` over the channel axis of a (2, 512, 512) probability map takes 25-40 ms
-    on this CPU (a generic strided reduction), ``np.argmax`` 4 ms; both return the first
-    maximal index, so the labels are identical. Everything after the argmax is MONAI's.
+    ``torch.argmax`` over the channel axis of a (2, H, W) probability map is a generic
+    strided reduction on the CPU, several times slower than ``np.argmax``; both return
+    the first maximal index, so the labels are identical. Everything after the argmax is MONAI's.
     """
 
     def __call__(self, img, argmax=None, to_onehot=None, threshold=None, rounding=None):

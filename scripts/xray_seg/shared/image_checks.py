@@ -164,7 +164,7 @@ def _png_problem(path: Path) -> str | None:
 
     Every PNG chunk carries a CRC-32 of its bytes and the file ends with an IEND chunk,
     so walking the chunks finds a truncated or damaged file without inflating the
-    pixels: about a tenth of the time of decoding it (which inference does anyway).
+    pixels: a small fraction of the time of decoding it (which inference does anyway).
     """
     data = memoryview(path.read_bytes())
     if data[:8] != _PNG_SIGNATURE:

@@ -53,9 +53,9 @@ class CheckedDataset(Dataset):
     """MONAI's ``Dataset`` for inference inputs: an item whose preprocessing fails is
     decoded once more with the thorough check (``read_image_array``), so that a file that
     passed the up-front check but does not decode (a PNG with intact checksums around
-    broken compressed data) stops the run with its usual one-line message naming the
-    file (``StagedOutputs`` turns it into ``ERROR:``, publishing nothing). Any other
-    failure is raised as it is. ``InputLoader`` turns the error into one ``ERROR:`` line."""
+    broken compressed data) stops the run with its usual message naming the file, which
+    ``InputLoader`` makes one ``ERROR:`` line (and ``StagedOutputs`` publishes nothing).
+    Any other failure is raised as it is."""
 
     def _transform(self, index: int):
         try:

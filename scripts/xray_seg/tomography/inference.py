@@ -119,7 +119,7 @@ def labels_of(scores: torch.Tensor) -> np.ndarray:
     """Argmax over the classes of (classes, z, y, x) scores as a uint8 (z, y, x) array.
 
     numpy's argmax, a few slices at a time: ``torch.argmax`` over the leading axis of a
-    CPU tensor is a slow strided reduction (about 10x numpy's here), and its int64 result
+    CPU tensor is a slow strided reduction (several times numpy's), and its int64 result
     for the whole slab would be 8 bytes per voxel more at the slab's memory peak. Both
     return the first maximal class, so the labels are the same.
     """
