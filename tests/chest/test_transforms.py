@@ -55,7 +55,11 @@ def parser() -> ConfigParser:
 
 @pytest.fixture(scope="module")
 def preprocessing(parser: ConfigParser) -> Compose:
-    return parser.get_parsed_content("preprocessing")
+    """The preprocessing up to the image at its resized shape: the last step, padding to
+    the window for batching, would hide a transposed reader (every image 256 x 256)."""
+    steps = parser.get_parsed_content("preprocessing").transforms
+    assert type(steps[-1]).__name__ == "SpatialPadd", [type(t).__name__ for t in steps]
+    return Compose(steps[:-1])
 
 
 @pytest.fixture(scope="module")
@@ -510,3 +514,34 @@ def test_save_overlay_disabled_writes_nothing(tmp_path: Path) -> None:
 def test_image_stem_and_output_suffix(source: str, stem: str, suffix: str) -> None:
     assert image_stem(source) == stem
     assert output_suffix(source) == suffix
+
+
+# ---------------------------------------------------------------------------------------
+# MONAI transforms with a numpy kernel: the same results as MONAI's own
+# ---------------------------------------------------------------------------------------
+
+
+def test_numpy_percentiles_scale_like_monai() -> None:
+    from monai.transforms import ScaleIntensityRangePercentilesd as Monai
+
+    from xray_seg.chest.transforms import ScaleIntensityRangePercentilesd
+
+    image = torch.from_numpy(np.random.default_rng(0).gamma(2.0, 900.0, (1, 120, 90)).astype(np.float32))
+    settings = dict(keys="image", lower=0.5, upper=99.5, b_min=0.0, b_max=1.0, clip=True)
+    ours, theirs = ScaleIntensityRangePercentilesd(**settings)({"image": image}), Monai(**settings)({"image": image})
+    assert ours["image"].dtype == theirs["image"].dtype == torch.float32
+    assert torch.allclose(torch.as_tensor(ours["image"]), torch.as_tensor(theirs["image"]), atol=1e-6)
+
+
+def test_numpy_argmax_labels_like_monai_ties_included() -> None:
+    from monai.data import MetaTensor
+    from monai.transforms import AsDiscreted as Monai
+
+    from xray_seg.chest.transforms import AsDiscreted
+
+    scores = torch.from_numpy(np.random.default_rng(1).integers(0, 3, (3, 40, 30)).astype(np.float32))  # many ties
+    pred = MetaTensor(scores, meta={"filename_or_obj": "x.png"})
+    ours, theirs = AsDiscreted(keys="pred", argmax=True)({"pred": pred}), Monai(keys="pred", argmax=True)({"pred": pred})
+    assert torch.equal(torch.as_tensor(ours["pred"]), torch.as_tensor(theirs["pred"]))
+    assert ours["pred"].dtype == theirs["pred"].dtype and ours["pred"].shape == (1, 40, 30)
+    assert ours["pred"].meta["filename_or_obj"] == "x.png"

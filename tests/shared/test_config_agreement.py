@@ -17,7 +17,7 @@ import pytest
 import torch
 import yaml
 from monai.bundle import ConfigParser
-from monai.transforms import Compose
+from monai.transforms import Compose, SpatialPadd
 from PIL import Image
 
 from xray_seg.shared.paths import BUNDLES
@@ -75,8 +75,15 @@ def test_image_preprocessing_gives_the_same_tensor(bundle: str, tmp_path: Path) 
     train = parser(bundle, "train.yaml")
     train_steps = Compose([*train.get_parsed_content("load_image"), train.get_parsed_content("resize_image"),
                            train.get_parsed_content("to_tensor")])
-    infer_steps = parser(bundle, "inference.yaml").get_parsed_content("preprocessing")
-    a, b = train_steps({"image": str(path)})["image"], infer_steps({"image": str(path)})["image"]
+    infer = parser(bundle, "inference.yaml")
+    infer_steps = infer.get_parsed_content("preprocessing")
+    # Inference ends by padding to the window for batching, as the sliding window of
+    # train.yaml pads a single image: the same zeros on the same sides.
+    pad = infer_steps.transforms[-1]
+    assert isinstance(pad, SpatialPadd) and list(pad.padder.spatial_size) == infer.get_parsed_content("roi_size")
+    assert (pad.padder.method, pad.padder.mode) == ("symmetric", "constant")
+    assert (train.get_parsed_content("inferer").padding_mode, train.get_parsed_content("inferer").cval) == ("constant", 0)
+    a, b = train_steps({"image": str(path)})["image"], Compose(infer_steps.transforms[:-1])({"image": str(path)})["image"]
     assert a.shape == b.shape and max(a.shape[1:]) == train.get_parsed_content("image_size")
     assert torch.equal(torch.as_tensor(a), torch.as_tensor(b))
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import struct
+import zlib
 from pathlib import Path
 from typing import Callable
 
@@ -73,6 +75,26 @@ def _jpeg(path: Path) -> Path:
     return path
 
 
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _png_with_broken_pixels(path: Path) -> Path:
+    """A PNG whose chunks are all intact (checksums right, IEND present) around compressed
+    pixel data that does not inflate: only decoding finds it."""
+    header = struct.pack(">IIBBBBB", 64, 64, 8, 0, 0, 0, 0)  # 64 x 64, 8-bit grey
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", b"\x00junk" * 50)
+                     + _png_chunk(b"IEND", b""))
+    return path
+
+
+def _png_with_a_damaged_chunk(path: Path) -> Path:
+    data = bytearray(write_png(path).read_bytes())
+    data[60] ^= 0xFF  # inside the first IDAT chunk, after the 33-byte signature + IHDR
+    path.write_bytes(bytes(data))
+    return path
+
+
 def _text(path: Path) -> Path:
     path.write_text("not an image\n")
     return path
@@ -81,6 +103,7 @@ def _text(path: Path) -> Path:
 # name of the bad file -> (how to make it, words of the problem)
 BAD_2D: dict[str, tuple[Callable[[Path], object], str]] = {
     "truncated.png": (lambda p: truncate(write_png(p)), "cannot read image"),
+    "damaged.png": (_png_with_a_damaged_chunk, "cannot read image"),
     "truncated.jpg": (lambda p: truncate(_jpeg(p), 0.3), "cannot read image"),
     "empty.png": (lambda p: p.write_bytes(b""), "cannot read image"),
     "text.png": (_text, "cannot read image"),
@@ -365,6 +388,19 @@ def test_anatomy_bundle_refuses_a_bad_input_among_good_ones(tmp_path: Path) -> N
     result = run_bundle(ANATOMY, ["inference.yaml"], 2, dataset_dir=folder, output_dir=tmp_path / "out")
     assert_refused(result.stderr, "three_slices.nii.gz", "not one 2D image")
     assert not (tmp_path / "out").exists()
+
+
+def test_lungs_bundle_names_a_png_that_passes_the_check_but_does_not_decode(tmp_path: Path) -> None:
+    """PNGs are checked up front from their checksums only (decoded once, in the pipeline):
+    one whose pixels do not decode still stops the run with one ERROR: line naming it, exit
+    status 2, through the DataLoader worker, and nothing is published."""
+    folder = _good_inputs(tmp_path / "in")
+    _png_with_broken_pixels(folder / "zz_broken.png")
+    assert len(images_in(str(folder))) == 3  # passes the up-front check
+    out = tmp_path / "out"
+    result = run_bundle(LUNGS, ["inference.yaml"], 2, dataset_dir=folder, output_dir=out, num_workers=1)
+    assert_refused(result.stderr, "zz_broken.png", "cannot read image")
+    assert not out.exists() or not any(out.iterdir())
 
 
 def _odd_valid_inputs(folder: Path, count: int) -> dict[str, tuple[int, int]]:

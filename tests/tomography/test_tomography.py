@@ -18,7 +18,7 @@ from xray_seg.shared.splits import ManifestError
 from xray_seg.cli.main import main as cli
 from xray_seg.tomography.slab_manifest import build_slab_manifest, slab_ranges
 from xray_seg.tomography.evaluation import boundary_accuracy, boundary_band, scores
-from xray_seg.tomography.inference import find_volumes, segment_folder, segment_volume
+from xray_seg.tomography.inference import find_volumes, labels_of, segment_folder, segment_volume
 from xray_seg.tomography.transforms import LoadVolumed, RecordIntensityRanged, ScaleFromRanged, ZSlices, intensity_range
 from xray_seg.tomography.volume_io import SlabReader, VolumeError, read_volume
 
@@ -286,3 +286,12 @@ def test_benchmark_sizes_read_as_x_by_y_by_z() -> None:
     assert parse_size("1024x1024x512") == (512, 1024, 1024)
     with pytest.raises(Exception, match="size must be"):
         parse_size("12x5")
+
+
+@pytest.mark.parametrize("depth", [1, 8, 13])
+def test_labels_of_is_torch_argmax_as_uint8(depth: int) -> None:
+    scores = torch.from_numpy(np.random.default_rng(depth).integers(0, 3, (3, depth, 7, 5)).astype(np.float32))
+    labels = labels_of(scores)  # ties everywhere: both take the first maximal class
+    assert labels.dtype == np.uint8 and labels.shape == (depth, 7, 5)
+    assert np.array_equal(labels, scores.argmax(0).numpy())
+    assert np.array_equal(labels_of(scores.to(torch.bfloat16)), scores.argmax(0).numpy())

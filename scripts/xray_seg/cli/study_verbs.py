@@ -58,7 +58,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
                       help="volume sizes, N or XxYxZ")
     tomo.add_argument("--output_dir", type=Path, default=Path("runs/benchmark_tomo"),
                       help="volumes, outputs and benchmark.json")
-    tomo.add_argument("--slab_depth", type=int, default=64, help="slices segmented at a time")
+    tomo.add_argument("--slab_depth", type=int, default=144, help="slices segmented at a time")
     tomo.add_argument("--halo", type=int, default=16, help="context slices on each side of a slab")
     tomo.add_argument("--max_angles", type=int, default=128, help="cap on the simulated scan's projection angles")
     tomo.add_argument("--generate_only", action="store_true", help="make the volumes, measure nothing")
@@ -76,7 +76,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     speed.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     speed.add_argument("--amp", action="store_true", help="mixed precision (CUDA)")
     speed.add_argument("--n_images", type=int, default=64, help="synthetic 512x512 radiographs for the 2D pipeline")
-    speed.add_argument("--volume", type=parse_size, default="256x256x128", help="3D volume size, XxYxZ")
+    speed.add_argument("--volume", type=parse_size, default="256x256x256", help="3D volume size, XxYxZ")
     speed.set_defaults(run=benchmark_throughput)
 
     label = kinds.add_parser(

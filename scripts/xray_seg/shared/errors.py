@@ -37,3 +37,24 @@ def or_exit(fn: Callable[[], T], errors: tuple[type[BaseException], ...] = INPUT
         return fn()
     except errors as err:
         fail(str(err))
+
+
+def input_error_in(error: BaseException, name: str = "ImageReadError") -> str | None:
+    """The message of the input error (exception class ``name``) behind ``error``, or None.
+
+    A transform's error reaches the engine wrapped by MONAI (``RuntimeError: applying
+    transform ...`` from the original); from a DataLoader worker process PyTorch re-raises
+    it with the worker's formatted traceback as its message, whose last ``name: ...``
+    line is the original message. Both are looked through.
+    """
+    marker = f"{name}: "
+    seen: BaseException | None = error
+    while seen is not None:
+        text = str(seen)
+        lines = [line for line in text.splitlines() if marker in line and not line[:1].isspace()]
+        if "Original Traceback" in text and lines:
+            return lines[-1].split(marker, 1)[1]
+        if type(seen).__name__ == name:
+            return text
+        seen = seen.__cause__ or seen.__context__
+    return None

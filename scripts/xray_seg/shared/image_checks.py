@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import warnings
+import zlib
 from pathlib import Path
 from typing import Iterable
 
@@ -155,13 +156,84 @@ def read_image_array(path: str | os.PathLike) -> np.ndarray:
     return array
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_problem(path: Path) -> str | None:
+    """What is wrong with the chunks of a PNG file (cut short, damaged), or None.
+
+    Every PNG chunk carries a CRC-32 of its bytes and the file ends with an IEND chunk,
+    so walking the chunks finds a truncated or damaged file without inflating the
+    pixels: a small fraction of the time of decoding it (which inference does anyway).
+    """
+    data = memoryview(path.read_bytes())
+    if data[:8] != _PNG_SIGNATURE:
+        return "not a PNG stream"
+    pos = 8
+    while pos + 12 <= len(data):
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        kind = bytes(data[pos + 4 : pos + 8]).decode("latin-1")
+        end = pos + 12 + length
+        if end > len(data):
+            return f"the file ends inside its {kind} chunk (truncated)"
+        if zlib.crc32(data[pos + 4 : end - 4]) != int.from_bytes(data[end - 4 : end], "big"):
+            return f"its {kind} chunk is damaged (CRC mismatch)"
+        if kind == "IEND":
+            return None
+        pos = end
+    return "no IEND chunk (truncated)"
+
+
+def check_image(path: str | os.PathLike) -> None:
+    """Raise ImageReadError naming ``path`` if it cannot be segmented; decode only where needed.
+
+    A PNG (by content, not name) is checked from its header (size, frames) and its chunk
+    checksums: its pixels are integers, so there is nothing else to find by decoding, and
+    inference decodes it once, in the pipeline. Every other format is decoded here
+    (``read_image_array``): JPEG has no checksums, and float TIFF, NIfTI and DICOM pixels
+    are checked for NaN and infinity.
+    """
+    path = Path(path)
+    if image_suffix(path) == ".png":
+        from PIL import Image
+
+        try:
+            with warnings.catch_warnings():  # the size is checked below, against our own limit
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                im = Image.open(path)  # reads the header only
+            with im:
+                is_png, frames, height, width = im.format == "PNG", getattr(im, "n_frames", 1), im.height, im.width
+        except Image.DecompressionBombError as err:
+            raise ImageReadError(f"{path}: image too large to decode: {err}") from None
+        except Exception:  # not an image at all; the full reader gives the usual message
+            return _raise_from_decode(path)
+        if is_png:
+            try:
+                if frames > 1:
+                    raise _Refused(f"PNG holds {frames} pages or frames; expected one 2D image "
+                                   "(a 2D bundle would segment only the first)")
+                _check_header_size(height, width)
+            except _Refused as e:
+                raise ImageReadError(f"{path}: {e}") from None
+            if problem := _png_problem(path):
+                raise ImageReadError(f"{path}: cannot read image: {problem}")
+            return None
+    read_image_array(path)
+    return None
+
+
+def _raise_from_decode(path: Path) -> None:
+    read_image_array(path)  # raises with the reader's own words
+    raise ImageReadError(f"{path}: cannot read image")  # a reader that failed once and not twice
+
+
 def check_readable(paths: Iterable[str | os.PathLike]) -> None:
-    """Decode every file and raise one ImageReadError listing all that fail."""
+    """Check every file (``check_image``) and raise one ImageReadError listing all that fail."""
     paths = list(paths)
     problems = []
     for path in paths:
         try:
-            read_image_array(path)
+            check_image(path)
         except ImageReadError as e:
             problems.append(str(e))
     if problems:  # the first line names a file and its problem; the others follow

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from xray_seg.shared.errors import fail, or_exit
-from xray_seg.shared.image_checks import check_readable, image_stem, list_image_files
+from monai.data import DataLoader, Dataset
+
+from xray_seg.shared.errors import fail, input_error_in, or_exit
+from xray_seg.shared.image_checks import check_readable, image_stem, list_image_files, read_image_array
 from xray_seg.shared.outputs import STAGING_NAME, check_output_dir
 from xray_seg.shared.splits import load_split
 
@@ -29,9 +31,10 @@ def cases(manifest: str, dataset_dir: str, split: str | list[str], fold: int | N
 
 
 def images_in(folder: str | None, output_dir: str | None = None) -> list[dict]:
-    """Every supported image in ``folder`` as ``{"image": path}``, all decoded once up front
-    so that an unreadable file stops the run before any mask is written. With
-    ``output_dir``, the destination is checked first (before the slow decoding)."""
+    """Every supported image in ``folder`` as ``{"image": path}``, all checked up front
+    (``check_image``: PNGs from header and checksums, other formats decoded) so that an
+    unreadable file stops the run before any mask is written. With ``output_dir``, the
+    destination is checked first."""
 
     if not folder:
         fail("no input folder: pass --dataset_dir IN (the folder of images to segment)")
@@ -45,6 +48,43 @@ def images_in(folder: str | None, output_dir: str | None = None) -> list[dict]:
         return [{"image": str(p)} for p in paths]
 
     return or_exit(scan)
+
+
+class CheckedDataset(Dataset):
+    """MONAI's ``Dataset`` for inference inputs: an item whose preprocessing fails is
+    decoded once more with the thorough check (``read_image_array``), so that a file that
+    passed the up-front check but does not decode (a PNG with intact checksums around
+    broken compressed data) stops the run with its usual message naming the file, which
+    ``InputLoader`` makes one ``ERROR:`` line (and ``StagedOutputs`` publishes nothing).
+    Any other failure is raised as it is."""
+
+    def _transform(self, index: int):
+        try:
+            return super()._transform(index)
+        except Exception:
+            read_image_array(self.data[index]["image"])  # raises ImageReadError for a bad file
+            raise
+
+
+class InputLoader(DataLoader):
+    """MONAI's ``DataLoader`` that turns an input error of ``CheckedDataset`` into one
+    ``ERROR:`` line and exit status 2 in the main process. From a worker process the error
+    arrives with the worker's whole traceback as its message, which the engine would log;
+    stopping here, before the engine sees it, leaves the one line (and ``StagedOutputs``
+    still discards what was staged)."""
+
+    def __iter__(self):
+        batches = super().__iter__()
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except Exception as err:
+                if message := input_error_in(err):
+                    fail(message)
+                raise
+            yield batch
 
 
 def _check_unique_stems(paths: list[Path]) -> None:

@@ -1,7 +1,7 @@
 """Benchmark of streaming sliding-window inference of the xray_tomography bundle.
 
     xray-seg benchmark tomo [--sizes 256 512 1024x1024x512]
-        [--output_dir runs/benchmark_tomo] [--slab_depth 64] [--halo 16]
+        [--output_dir runs/benchmark_tomo] [--slab_depth 144] [--halo 16]
 
 For each size, makes a synthetic tomography volume (xray_seg.synthetic.tomo:
 phantom, projections, Poisson noise, filtered back-projection) as a multi-page

@@ -1,6 +1,6 @@
 """Inference throughput side by side: the network alone, and the bundle's own inference end to end.
 
-    xray-seg benchmark throughput [--n_images 64] [--volume 128x256x256] [--device cpu|cuda] [--amp]
+    xray-seg benchmark throughput [--n_images 64] [--volume 256x256x256] [--device cpu|cuda] [--amp]
 
 One run measures, with the same model, window and threads:
 - 2D (cxr_lungs): network-only images/s (shipped UNet on random 256x256 windows, the
@@ -11,8 +11,8 @@ One run measures, with the same model, window and threads:
   the published masks, without interpreter start-up and imports.
 - 3D (xray_tomography): network-only output voxels/s (MONAI's sliding window with the
   bundle's window, overlap and batch over a volume held in memory) and end-to-end
-  voxels/s of the streaming ``segment_volume`` on the same volume as a TIFF file,
-  slab by slab with halos, including reading and writing.
+  voxels/s of the bundle's inference.yaml on the same volume as a TIFF file (checks,
+  streaming slab by slab with halos, reading, writing, publishing), timed like 2D.
 Their ratio is the share of the pipeline's time that the network accounts for. The
 machine is shared: the load average before and after is recorded. On a GPU, pass
 ``--device cuda`` (and ``--amp`` for mixed precision); peak GPU memory is recorded.
@@ -84,8 +84,9 @@ def pipeline_2d(device: torch.device, amp: bool, n_images: int, root: Path) -> d
     written = len(list((root / "out").glob("*_seg.png")))
     if written != n_images:
         raise RuntimeError(f"the inference wrote {written} of {n_images} masks")
+    settings = {k: workflow.parser.get_parsed_content(k, default=None) for k in ("batch_size", "num_workers")}
     return {"images_per_s": round(n_images / seconds, 2), "images": n_images, "input": [512, 512],
-            "seconds": round(seconds, 2)}
+            "seconds": round(seconds, 2), **settings}
 
 
 def network_3d(device: torch.device, amp: bool, shape: tuple[int, int, int]) -> dict:
@@ -96,7 +97,7 @@ def network_3d(device: torch.device, amp: bool, shape: tuple[int, int, int]) -> 
         inferer(volume[..., :32, :96, :96], net)  # warm-up
         _sync(device)
         start = time.perf_counter()
-        inferer(volume, net).argmax(1)
+        inferer(volume, net)
         _sync(device)
     seconds = time.perf_counter() - start
     return {"voxels_per_s": round(volume.numel() / seconds), "shape_zyx": list(shape), "seconds": round(seconds, 2)}
@@ -104,25 +105,32 @@ def network_3d(device: torch.device, amp: bool, shape: tuple[int, int, int]) -> 
 
 def pipeline_3d(device: torch.device, amp: bool, shape: tuple[int, int, int], root: Path) -> dict:
     import tifffile
-
-    from xray_seg.tomography.inference import segment_volume
+    from monai.bundle import ConfigWorkflow
 
     rng = np.random.default_rng(0)
-    path = root / "volume.tif"
-    tifffile.imwrite(path, rng.integers(16000, 47000, size=shape, dtype=np.uint16))
-    net, parser = _network("xray_tomography", device)
-    inferer = parser.get_parsed_content("inferer")
-    settings = {k: parser.get_parsed_content(k) for k in ("slab_depth", "halo")}
+    (root / "volumes").mkdir()
+    tifffile.imwrite(root / "volumes" / "volume.tif", rng.integers(16000, 47000, size=shape, dtype=np.uint16))
+    configs = BUNDLES / "xray_tomography" / "configs"
     start = time.perf_counter()
+    workflow = ConfigWorkflow(
+        config_file=str(configs / "inference.yaml"), meta_file=str(configs / "metadata.json"),
+        workflow_type="infer", bundle_root=str(BUNDLES / "xray_tomography"), dataset_dir=str(root / "volumes"),
+        output_dir=str(root / "volumes_out"), device=f"$torch.device('{device}')",
+    )  # fmt: skip
+    workflow.initialize()
     with torch.autocast(device.type, enabled=amp):
-        segment_volume(path, root / "volume_seg.tif", net, inferer, progress=False, **settings)
+        workflow.run()
+    _sync(device)
     seconds = time.perf_counter() - start
+    if not (root / "volumes_out" / "volume_seg.tif").is_file():
+        raise RuntimeError("the 3D inference wrote no label volume")
+    settings = {k: workflow.parser.get_parsed_content(k) for k in ("slab_depth", "halo")}
     return {"voxels_per_s": round(int(np.prod(shape)) / seconds), "shape_zyx": list(shape), **settings,
             "seconds": round(seconds, 2)}
 
 
 def measure(device: str = "cpu", amp: bool = False, n_images: int = 64,
-            volume: tuple[int, int, int] = (128, 256, 256)) -> dict:
+            volume: tuple[int, int, int] = (256, 256, 256)) -> dict:
     dev = torch.device(device)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)

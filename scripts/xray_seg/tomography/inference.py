@@ -80,7 +80,7 @@ def segment_volume(
     out_path: str | os.PathLike,
     network: torch.nn.Module,
     inferer: Inferer,
-    slab_depth: int = 64,
+    slab_depth: int = 144,
     halo: int = 16,
     lower: float = 0.5,
     upper: float = 99.5,
@@ -103,11 +103,33 @@ def segment_volume(
                     # Inside the writer's ``with``: the temporary output is removed, nothing published.
                     raise VolumeError(f"{path}: {non_finite_message(bad, raw.size, f' of slices {a0}..{a1 - 1}')}")
                 slab = scale(torch.from_numpy(raw.astype(np.float32)), lo, hi)
+                del raw  # not needed while the network runs: the slab's memory peaks there
                 logits = inferer(slab[None, None], network)
-                labels = logits[0, :, z0 - a0 : z1 - a0].argmax(0).to(torch.uint8).cpu().numpy()
-                writer.write(z0, labels)
-                del logits, slab
+                del slab
+                writer.write(z0, labels_of(logits[0, :, z0 - a0 : z1 - a0]))
+                del logits
     return Path(out_path)
+
+
+# Slices per argmax step in ``labels_of``: a bounded temporary, whatever the slab size.
+_ARGMAX_SLICES = 8
+
+
+def labels_of(scores: torch.Tensor) -> np.ndarray:
+    """Argmax over the classes of (classes, z, y, x) scores as a uint8 (z, y, x) array.
+
+    numpy's argmax, a few slices at a time: ``torch.argmax`` over the leading axis of a
+    CPU tensor is a slow strided reduction (several times numpy's), and its int64 result
+    for the whole slab would be 8 bytes per voxel more at the slab's memory peak. Both
+    return the first maximal class, so the labels are the same.
+    """
+    scores = scores.detach()
+    labels = np.empty(scores.shape[1:], dtype=np.uint8)
+    for z in range(0, scores.shape[1], _ARGMAX_SLICES):
+        chunk = scores[:, z : z + _ARGMAX_SLICES]
+        chunk = chunk.float() if chunk.dtype == torch.bfloat16 else chunk  # numpy has no bfloat16
+        labels[z : z + _ARGMAX_SLICES] = np.argmax(chunk.cpu().numpy(), axis=0)
+    return labels
 
 
 def _check_memory(reader: SlabReader) -> None:
@@ -170,7 +192,7 @@ class VolumeSegmenter(Engine):
         output_dir: str,
         network: torch.nn.Module,
         inferer: Inferer,
-        slab_depth: int = 64,
+        slab_depth: int = 144,
         halo: int = 16,
         lower: float = 0.5,
         upper: float = 99.5,
