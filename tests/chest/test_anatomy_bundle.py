@@ -131,7 +131,7 @@ def test_train_evaluate_infer_end_to_end(dataset: tuple[Path, Path], tmp_path: P
         ckpt_path=tmp_path / "run" / "model.pt", save_overlay=True, **SMALL,
     )  # fmt: skip
     stem = "case00"
-    expected = {f"{stem}_seg.png", f"{stem}_measurements.json", f"{stem}_overlay.png"} | {
+    expected = {"qc.csv", f"{stem}_seg.png", f"{stem}_measurements.json", f"{stem}_overlay.png"} | {
         f"{stem}_{s}.png" for s in STRUCTURES
     }
     assert expected <= {p.name for p in out.iterdir()}

@@ -11,7 +11,7 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
-from xray_seg.chest.lung_selection import SelectLungsd, body_mask, select_lungs
+from xray_seg.chest.lung_selection import LEFT, RIGHT, SelectLungsd, body_mask, select_lungs
 
 W, H = 200, 240
 BODY_X0, BODY_X1 = 40, 160
@@ -50,7 +50,9 @@ def test_air_beside_the_body_larger_than_a_lung_goes_and_both_lungs_stay() -> No
     air[2:35, 20:230] = True  # beside the body, on the right lung's side, larger than that lung
     assert air.sum() > right.sum()
     kept, record = select_lungs(right | left | air, body_mask(radiograph()))
-    np.testing.assert_array_equal(kept, right | left)
+    np.testing.assert_array_equal(kept > 0, right | left)
+    np.testing.assert_array_equal(kept == RIGHT, right)  # the patient's right lung: the image's left
+    np.testing.assert_array_equal(kept == LEFT, left)
     assert record.body_found and record.components == 3
     assert record.removed_outside_body == air.sum()
     assert record.removed_fraction == pytest.approx(air.sum() / (right | left | air).sum())
@@ -62,7 +64,7 @@ def test_each_side_keeps_only_its_largest_component() -> None:
     speck = ellipse((60, 200), (4, 4))  # inside the body, on the right lung's side, not touching it
     assert not (speck & right).any()
     kept, record = select_lungs(right | left | speck, body_mask(radiograph()))
-    np.testing.assert_array_equal(kept, right | left)
+    np.testing.assert_array_equal(kept > 0, right | left)
     assert record.removed_outside_body == 0 and record.kept_pixels == (right | left).sum()
 
 
@@ -71,14 +73,14 @@ def test_one_merged_component_is_kept_and_recorded() -> None:
     bridge[RIGHT_C[0] : LEFT_C[0], 100:120] = True
     merged = ellipse(RIGHT_C) | ellipse(LEFT_C) | bridge
     kept, record = select_lungs(merged, body_mask(radiograph()))
-    np.testing.assert_array_equal(kept, merged)
+    np.testing.assert_array_equal(kept > 0, merged)
     assert record.merged and record.components == 1
 
 
 def test_one_side_only_is_kept_as_it_is() -> None:
     right = ellipse(RIGHT_C)
     kept, record = select_lungs(right, body_mask(radiograph()))
-    np.testing.assert_array_equal(kept, right)
+    np.testing.assert_array_equal(kept > 0, right)
     assert not record.merged and record.removed_fraction == 0
 
 
@@ -93,7 +95,7 @@ def test_without_a_body_sides_split_at_the_image_centre_and_nothing_counts_as_ou
     air[2:35, 20:230] = True
     kept, record = select_lungs(right | left | air, None)
     # Without a body the air beside it is the larger component on its side, and wins.
-    np.testing.assert_array_equal(kept, air | left)
+    np.testing.assert_array_equal(kept > 0, air | left)
     assert not record.body_found and record.midline_x == (W - 1) / 2
 
 
@@ -108,7 +110,7 @@ def test_the_transform_keeps_type_shape_and_meta_and_records_what_it_did() -> No
     assert out["pred"].shape == (1, W, H) and out["pred"].meta["filename_or_obj"] == "a.png"
     np.testing.assert_array_equal(out["pred"][0].numpy() > 0, right | left)
     assert out["lung_selection"]["removed_outside_body"] == air.sum()
-    assert out["body_mask"].shape == (W, H)
+    assert out["body_mask"].shape == (W, H) and set(np.unique(out["lung_sides"])) == {0, RIGHT, LEFT}
     assert pred.sum() == (right | left | air).sum()  # the input is not changed in place
 
 

@@ -156,7 +156,7 @@ def test_inference_contract(workspace: dict[str, Path], tmp_path: Path) -> None:
         )  # fmt: skip
     )
     assert sorted(p.name for p in out.iterdir()) == [
-        "colour_overlay.png", "colour_seg.png", "narrow_overlay.png", "narrow_seg.png",
+        "colour_overlay.png", "colour_seg.png", "narrow_overlay.png", "narrow_seg.png", "qc.csv",
     ]  # fmt: skip
     for stem, shape in (("narrow", (96, 70)), ("colour", (96, 96))):
         mask = np.array(Image.open(out / f"{stem}_seg.png"))

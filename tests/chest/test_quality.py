@@ -53,9 +53,9 @@ def qc_of(mask: np.ndarray, image: np.ndarray | None = None, entropy: np.ndarray
     """The row for a mask, through the selection (as in the bundle)."""
     image = radiograph(ellipse(RIGHT_C, (20, 60)) | ellipse(LEFT_C, (20, 60))) if image is None else image
     body = body_mask(image)
-    kept, record = select_lungs(mask, body)
+    sides, record = select_lungs(mask, body)
     selection = {**record.__dict__, "removed_fraction": record.removed_fraction}
-    return lung_qc(kept, image, entropy, selection, body, "case")
+    return lung_qc(sides > 0, image, entropy, selection, body, "case", sides=sides)
 
 
 def lungs(left_radii: tuple[float, float] = (20, 60)) -> np.ndarray:

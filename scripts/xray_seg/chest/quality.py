@@ -36,7 +36,7 @@ from monai.transforms import MapTransform
 from scipy import ndimage as ndi
 
 from xray_seg.chest.anatomy import STRUCTURES
-from xray_seg.chest.lung_selection import body_mask, select_lungs
+from xray_seg.chest.lung_selection import LEFT, RIGHT, body_mask, select_lungs
 from xray_seg.shared.image_checks import image_stem
 from xray_seg.shared.paths import DATA, REPO
 
@@ -54,8 +54,8 @@ LUNG_BOUNDS: dict[str, tuple[float | None, float | None]] = {
     "height_fraction": (0.308, 1.047),    # each lung's vertical extent / image height
     "lr_height_ratio": (0.76, None),      # shorter lung / taller lung
     "border_contact": (None, 0.037),      # share of the image's edge pixels that are lung
-    "outside_body": (None, 0.029),        # share of the lungs outside the body mask
-    "contrast": (0.007, None),            # mean body intensity minus mean lung intensity (0..1 scale)
+    "outside_body": (None, 0.023),        # share of the lungs outside the body mask
+    "contrast": (-0.037, None),           # mean body intensity minus mean lung intensity (0..1 scale)
 }
 # Anatomy (cxr_anatomy): the lung bounds above (two sites), and for heart and clavicles
 # the JSRT/SCR training split (135 cases), the one set that has them; same rule.
@@ -79,15 +79,30 @@ _SIDES = {
 # no uncertainty):
 # - more than this share of the raw lung prediction removed by post-processing;
 MAX_REMOVED_FRACTION = 0.25
-# - mean normalised entropy over the predicted lungs above this: twice the largest value
-#   of the shipped cxr_lungs model on its Montgomery training split (0.076), so a model
-#   as sure as on its own training images is never flagged for uncertainty.
+# - mean normalised entropy over the predicted lungs at or above this: twice the largest
+#   value of the shipped cxr_lungs model on its Montgomery training split (0.076), rounded,
+#   so a model as sure as on its own training images is never flagged for uncertainty;
 LUNG_ENTROPY_LIMIT = 0.15
-# - the same for cxr_anatomy: twice the largest mean (over structures) of the shipped
-#   model on its JSRT training split.
-ANATOMY_ENTROPY_LIMIT = 0.15
+# - the same for cxr_anatomy (mean over the structures of the sigmoid entropy within
+#   each): twice the largest value of the shipped model on its JSRT training split (0.058).
+ANATOMY_ENTROPY_LIMIT = 0.12
+# Both measured with `python -m xray_seg.studies.qc_entropy --bundle B --site S`; a
+# retrained model may be calibrated the same way and passed as ``entropy_limit``.
 
 _BORDER_PIXELS_MIN = 1  # lung pixels on the image edge below this are no contact
+# The checks look at every k-th pixel so that the longest side is at most this many:
+# areas, ratios, extents and mean entropies are the same to well under 1 %, and the
+# cost stays at a few ms whatever the input's size (border contact uses every pixel).
+QC_WORKING_SIDE = 256
+
+
+def qc_stride(shape: Sequence[int]) -> int:
+    """Pixel step of the quality checks for a (..., W, H) array."""
+    return max(1, math.ceil(max(shape[-2:]) / QC_WORKING_SIDE))
+
+
+def _sampled(x: np.ndarray | None, step: int) -> np.ndarray | None:
+    return None if x is None else x[..., ::step, ::step]
 
 
 class Uncertaintyd(MapTransform):
@@ -95,8 +110,9 @@ class Uncertaintyd(MapTransform):
 
     ``softmax``: (C, W, H) class probabilities -> (1, W, H) entropy / log(C).
     ``sigmoid``: (C, W, H) independent channels -> (C, W, H) binary entropy / log(2).
-    Values are in [0, 1]; 1 is a coin toss. Kept as a float16 numpy array (it is only
-    summarised by the quality transforms, which drop it).
+    Values are in [0, 1]; 1 is a coin toss. Kept as a float16 numpy array on the quality
+    checks' grid (every ``qc_stride``-th pixel; it is only summarised by the quality
+    transforms, which drop it).
     """
 
     def __init__(self, keys: KeysCollection, output_key: str = "pred_entropy", activation: str = "softmax") -> None:
@@ -109,7 +125,9 @@ class Uncertaintyd(MapTransform):
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
         d = dict(data)
         for key in self.key_iterator(d):
-            p = torch.as_tensor(d[key]).detach().float().clamp(1e-6, 1 - 1e-6)
+            probs = torch.as_tensor(d[key]).detach()
+            step = qc_stride(probs.shape)
+            p = probs[..., ::step, ::step].float().clamp(1e-6, 1 - 1e-6)
             if self.activation == "softmax":
                 h = -(p * p.log()).sum(dim=0, keepdim=True) / math.log(max(p.shape[0], 2))
             else:
@@ -260,17 +278,27 @@ def qc_row(stem: str, entropy: float, entropy_limit: float, reasons: list[str]) 
 
 
 def lung_qc(mask: np.ndarray, image: np.ndarray | None, entropy: np.ndarray | None, selection: Mapping | None,
-            body: np.ndarray | None, stem: str, bounds: Mapping = LUNG_BOUNDS,
+            body: np.ndarray | None, stem: str, sides: np.ndarray | None = None, bounds: Mapping = LUNG_BOUNDS,
             entropy_limit: float = LUNG_ENTROPY_LIMIT, max_removed: float = MAX_REMOVED_FRACTION) -> dict:
-    """The qc.csv row of one cxr_lungs mask: (W, H) final mask, image, entropy map, selection record."""
-    mask = mask > 0
+    """The qc.csv row of one cxr_lungs mask: (W, H) final mask, image, entropy map, selection record
+    and side map of ``select_lungs`` (without it, the mask's components are split at the midline)."""
+    border = _border_contact(mask > 0)
+    step = qc_stride(mask.shape)
+    full_shape = mask.shape
+    mask, image, body = _sampled(mask > 0, step), _sampled(image, step), _sampled(body, step)
+    sides = _sampled(sides, step) if sides is not None and sides.shape == full_shape else None
+    if entropy is not None and entropy.shape != mask.shape:
+        entropy = _sampled(entropy, step)
     reasons: list[str] = []
     if image is not None and float(np.ptp(image)) < 1e-3:
         reasons.append("blank image")
     if selection is not None and not selection.get("body_found", True):
         reasons.append("no body found in the image")
-    midline = float(selection["midline_x"]) if selection else (mask.shape[0] - 1) / 2
-    right, left = split_sides(mask, midline)
+    midline = (float(selection["midline_x"]) if selection else (full_shape[0] - 1) / 2) / step
+    if sides is not None:
+        right, left = mask & (sides == RIGHT), mask & (sides == LEFT)
+    else:
+        right, left = split_sides(mask, midline)
     if not mask.any():
         reasons.append("no lung found")
     elif not (right.any() and left.any()):
@@ -281,7 +309,7 @@ def lung_qc(mask: np.ndarray, image: np.ndarray | None, entropy: np.ndarray | No
         if selection.get("removed_fraction", 0.0) > max_removed:
             reasons.append(f"post-processing removed {selection['removed_fraction']:.2f} of the prediction")
     if mask.any():
-        feats = lung_pair_features(right, left, image, body)
+        feats = {**lung_pair_features(right, left, image, body), "border_contact": border}
         if not (right.any() and left.any()):  # one side: the pair ratios say nothing more
             feats = {k: v for k, v in feats.items() if k not in ("lr_area_ratio", "lr_height_ratio")}
         reasons += bound_failures(feats, bounds)
@@ -292,16 +320,27 @@ def lung_qc(mask: np.ndarray, image: np.ndarray | None, entropy: np.ndarray | No
 def anatomy_qc(channels: np.ndarray, image: np.ndarray | None, entropy: np.ndarray | None, stem: str,
                bounds: Mapping = ANATOMY_BOUNDS, entropy_limit: float = ANATOMY_ENTROPY_LIMIT) -> dict:
     """The qc.csv row of one cxr_anatomy prediction: (5, W, H) binary channels, image, entropy maps."""
+    channels = channels > 0
+    border = _border_contact(channels[0] | channels[1])
+    step = qc_stride(channels.shape)
+    body = body_mask(image) if image is not None else None
+    channels, image, body = _sampled(channels, step), _sampled(image, step), _sampled(body, step)
+    if entropy is not None and entropy.shape[-2:] != channels.shape[-2:]:
+        entropy = _sampled(entropy, step)
     reasons: list[str] = []
     if image is not None and float(np.ptp(image)) < 1e-3:
         reasons.append("blank image")
-    body = body_mask(image) if image is not None else None
     if image is not None and body is None:
         reasons.append("no body found in the image")
-    feats = anatomy_features(channels, image, body)
+    feats = {**anatomy_features(channels, image, body), "border_contact": border}
     missing = [s for s, there in feats.pop("present").items() if not there]
     if missing:
         reasons.append("missing " + ", ".join(s.replace("_", " ") for s in missing))
+        # What a missing structure makes 0 says nothing more than "missing".
+        drop = {"lr_area_ratio", "lr_height_ratio"} if {"right_lung", "left_lung"} & set(missing) else set()
+        drop |= {"area_fraction"} if {"right_lung", "left_lung"} <= set(missing) else set()
+        drop |= {"heart_area_fraction"} if "heart" in missing else set()
+        feats = {k: v for k, v in feats.items() if k not in drop}
     if feats.pop("sides_swapped", False):
         reasons.append("right and left lung on the wrong sides")
     reasons += bound_failures(feats, bounds)
@@ -336,16 +375,17 @@ class LungQualityd(_QualityBase):
     """``item[output_key]``: the qc.csv row of a (1, W, H) 0/1 lung mask (after ``SelectLungsd``).
 
     Uses the image (same size), the entropy map of ``Uncertaintyd`` and the selection
-    record and body mask of ``SelectLungsd`` when present; the entropy map is dropped
-    from the item afterwards (it is as large as the image).
+    record, body mask and side map of ``SelectLungsd`` when present; the maps are
+    dropped from the item afterwards (each is as large as the image).
     """
 
     def __init__(self, keys: KeysCollection, image_key: str = "image", entropy_key: str = "pred_entropy",
-                 selection_key: str = "lung_selection", body_key: str = "body_mask", output_key: str = "qc",
-                 entropy_limit: float = LUNG_ENTROPY_LIMIT) -> None:
+                 selection_key: str = "lung_selection", body_key: str = "body_mask", sides_key: str = "lung_sides",
+                 output_key: str = "qc", entropy_limit: float = LUNG_ENTROPY_LIMIT) -> None:
         super().__init__(keys, image_key, entropy_key, output_key)
         self.selection_key = selection_key
         self.body_key = body_key
+        self.sides_key = sides_key
         self.entropy_limit = entropy_limit
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
@@ -356,9 +396,9 @@ class LungQualityd(_QualityBase):
             entropy = d.pop(self.entropy_key, None)
             d[self.output_key] = lung_qc(
                 mask, image, None if entropy is None else entropy[0], d.get(self.selection_key),
-                d.get(self.body_key), self._stem(d[key]), entropy_limit=self.entropy_limit,
+                d.pop(self.body_key, None), self._stem(d[key]), sides=d.pop(self.sides_key, None),
+                entropy_limit=self.entropy_limit,
             )
-            d.pop(self.body_key, None)
         return d
 
 
@@ -426,9 +466,8 @@ def case_features(case: Mapping) -> tuple[dict, dict | None]:
     body = body_mask(image)
     masks = [_load_plane(p) > 127 for p in case["labels"]]
     if len(masks) == 1:
-        lungs, record = select_lungs(masks[0], body)
-        right, left = split_sides(lungs, record.midline_x)
-        return lung_pair_features(right, left, image, body), None
+        sides, _ = select_lungs(masks[0], body)
+        return lung_pair_features(sides == RIGHT, sides == LEFT, image, body), None
     channels = np.stack(masks)
     return lung_pair_features(channels[0], channels[1], image, body), anatomy_features(channels, image, body)
 
