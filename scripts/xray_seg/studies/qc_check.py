@@ -64,7 +64,8 @@ def case_dice(bundle: str, site_dir: Path, case: dict, out: Path) -> float:
         return dice(pred, truth[0] | truth[1] if len(truth) > 1 else truth[0])
     from xray_seg.chest.anatomy import STRUCTURES
 
-    return float(np.mean([dice(_mask(out / f"{stem}_{s}.png"), t) for s, t in zip(STRUCTURES, truth)]))
+    preds = [np.asarray(Image.open(out / f"{stem}_{s}.png")) > 0 for s in STRUCTURES]  # 0/1 masks
+    return float(np.mean([dice(p, t) for p, t in zip(preds, truth)]))
 
 
 def summarise(rows: list[dict]) -> dict:
