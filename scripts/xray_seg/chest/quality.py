@@ -89,7 +89,6 @@ ANATOMY_ENTROPY_LIMIT = 0.12
 # Both measured with `python -m xray_seg.studies.qc_entropy --bundle B --site S`; a
 # retrained model may be calibrated the same way and passed as ``entropy_limit``.
 
-_BORDER_PIXELS_MIN = 1  # lung pixels on the image edge below this are no contact
 # The checks look at every k-th pixel so that the longest side is at most this many:
 # areas, ratios, extents and mean entropies are the same to well under 1 %, and the
 # cost stays at a few ms whatever the input's size (border contact uses every pixel).
@@ -153,9 +152,9 @@ def _extent(mask: np.ndarray, axis: int) -> tuple[int, int]:
 
 
 def _border_contact(mask: np.ndarray) -> float:
+    """Share of the image's edge pixels that the mask covers."""
     edge = np.concatenate([mask[0], mask[-1], mask[:, 0], mask[:, -1]])
-    hits = int(np.count_nonzero(edge))
-    return 0.0 if hits < _BORDER_PIXELS_MIN else hits / edge.size
+    return int(np.count_nonzero(edge)) / edge.size
 
 
 def _ratio(a: float, b: float) -> float:
@@ -172,7 +171,11 @@ def lung_pair_features(right: np.ndarray, left: np.ndarray, image: np.ndarray | 
         "lr_area_ratio": _ratio(float(right.sum()), float(left.sum())),
         "border_contact": _border_contact(lungs),
     }
-    heights = [(lambda lo_hi: (lo_hi[1] - lo_hi[0] + 1) / height)(_extent(m, 1)) for m in (right, left) if m.any()]
+    heights = []
+    for lung in (right, left):
+        if lung.any():
+            top, bottom = _extent(lung, 1)
+            heights.append((bottom - top + 1) / height)
     feats["height_fraction"] = heights
     feats["lr_height_ratio"] = _ratio(*heights) if len(heights) == 2 else 0.0
     if body is not None and lungs.any():
