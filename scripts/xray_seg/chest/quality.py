@@ -269,7 +269,7 @@ _LABELS = {
 def score(entropy: float, entropy_limit: float, failures: int) -> float:
     """qc_score: > 0.5 when nothing fails and the entropy is below its limit, else <= 0.5."""
     certainty = 1.0 / (1.0 + (entropy / entropy_limit) ** 2)  # 1 when sure, 0.5 at the limit, never 0
-    return round(certainty * 0.5**failures, 4)
+    return certainty * 0.5**failures  # not rounded: many failures must not round to 0
 
 
 def qc_row(stem: str, entropy: float, entropy_limit: float, reasons: list[str]) -> dict:
