@@ -10,8 +10,13 @@ import numpy as np
 import pytest
 import torch
 from monai.data import MetaTensor
-
-from xray_seg.chest.lung_selection import LEFT, RIGHT, SelectLungsd, body_mask, select_lungs
+from xray_seg.chest.lung_selection import (
+    LEFT,
+    RIGHT,
+    SelectLungsd,
+    body_mask,
+    select_lungs,
+)
 
 W, H = 200, 240
 BODY_X0, BODY_X1 = 40, 160

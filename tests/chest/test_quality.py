@@ -12,8 +12,6 @@ import pytest
 import torch
 from ignite.engine import Engine
 from monai.data import MetaTensor
-
-from xray_seg.chest.anatomy import STRUCTURES
 from xray_seg.chest.lung_selection import body_mask, select_lungs
 from xray_seg.chest.quality import (
     ANATOMY_BOUNDS,

@@ -143,7 +143,7 @@ def select_lungs(mask: np.ndarray, body: np.ndarray | None) -> tuple[np.ndarray,
         boxes = ndi.find_objects(labels)
         pieces = [labels[box] == i + 1 for i, box in enumerate(boxes)]
         sizes = np.array([np.count_nonzero(p) for p in pieces], dtype=np.float64)
-        centroid_x = np.array([box[0].start + np.nonzero(p.any(axis=1))[0] @ p.sum(axis=1)[p.any(axis=1)] / size
+        centroid_x = np.array([box[0].start + np.arange(p.shape[0]) @ p.sum(axis=1) / size
                                for box, p, size in zip(boxes, pieces, sizes)])
         inside = (np.array([np.count_nonzero(body[box] & p) for box, p in zip(boxes, pieces)]) / sizes
                   if body is not None else np.ones(n))
@@ -155,7 +155,7 @@ def select_lungs(mask: np.ndarray, body: np.ndarray | None) -> tuple[np.ndarray,
                 best = candidates[np.argmax(sizes[candidates])]
                 box, piece = boxes[best], pieces[best]
                 sides[box][piece] = value
-                split = max(0, int(math.ceil(midline)) - box[0].start)
+                split = max(0, math.ceil(midline) - box[0].start)
                 left_share = float(np.count_nonzero(piece[:split])) / sizes[best]
                 merged |= min(left_share, 1 - left_share) >= MERGED_SHARE
     kept_pixels = int(np.count_nonzero(sides))

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-import xray_seg.chest.quality as quality
+from xray_seg.chest import quality
 from xray_seg.shared.atomic import write_text
 from xray_seg.shared.paths import DATA, REPO
 from xray_seg.studies.qc_check import run_inference

@@ -22,7 +22,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from monai.transforms import AsDiscreted, Compose, KeepLargestConnectedComponentd
 
@@ -49,11 +48,11 @@ def probabilities(image_path: Path | None, size: int) -> tuple[torch.Tensor, tor
             from xray_seg.synthetic.cxr import generate_dataset
 
             generate_dataset(Path(tmp), n_cases=1, size=size)
-            image_path = sorted((Path(tmp) / "images").iterdir())[0]
+            image_path = min((Path(tmp) / "images").iterdir())
         item = parser.get_parsed_content("preprocessing")({"image": str(image_path)})
     with torch.no_grad():
         prob = torch.softmax(net(item["image"][None].as_tensor()), dim=1)
-    resize = lambda x: torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear")[0]  # noqa: E731
+    resize = lambda x: torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear")[0]
     return resize(item["image"][None].as_tensor()), resize(prob)
 
 
@@ -82,7 +81,7 @@ def main(argv: list[str] | None = None) -> dict:
                    KeepLargestConnectedComponentd(keys="pred", applied_labels=[1], num_components=2)])
     new = Compose([Uncertaintyd(keys="pred"), AsDiscreted(keys="pred", argmax=True),
                    SelectLungsd(keys="pred", image_key="image"), LungQualityd(keys="pred", image_key="image")])
-    item = lambda: {"pred": prob.clone(), "image": image.clone()}  # noqa: E731
+    item = lambda: {"pred": prob.clone(), "image": image.clone()}
     old_ms = timed(lambda: old(item()), a.repeats)
     new_ms = timed(lambda: new(item()), a.repeats)
     result = {
