@@ -6,10 +6,15 @@ black air, a bright body x in [BODY_X0, BODY_X1), two darker elliptic lungs insi
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from monai.data import MetaTensor
+from PIL import Image
+from scipy import ndimage as ndi
 from xray_seg.chest.lung_selection import (
     LEFT,
     RIGHT,
@@ -17,6 +22,7 @@ from xray_seg.chest.lung_selection import (
     body_mask,
     select_lungs,
 )
+from xray_seg.chest.quality import scaled
 
 W, H = 200, 240
 BODY_X0, BODY_X1 = 40, 160
@@ -122,3 +128,49 @@ def test_the_transform_keeps_type_shape_and_meta_and_records_what_it_did() -> No
 def test_the_transform_refuses_an_image_of_another_size() -> None:
     with pytest.raises(ValueError, match="differ in size"):
         SelectLungsd(keys="pred")({"pred": torch.zeros(1, W, H), "image": torch.zeros(1, W + 1, H)})
+
+
+def test_a_lung_joined_to_the_air_beside_the_body_is_cut_back_to_the_body() -> None:
+    right, left = ellipse(RIGHT_C), ellipse(LEFT_C)
+    air = np.zeros((W, H), bool)
+    air[2:30, 5:235] = True  # beside the body, several times a lung
+    bridge = np.zeros((W, H), bool)
+    bridge[25:RIGHT_C[0], 105:115] = True  # through the chest wall
+    body = body_mask(radiograph())
+    kept, record = select_lungs(right | left | air | bridge, body)
+    assert record.components == 2 and (air | bridge | right).sum() > 2 * right.sum()  # mostly outside
+    np.testing.assert_array_equal(kept == LEFT, left)
+    np.testing.assert_array_equal(kept == RIGHT, (right | bridge) & body)  # the lung and the bridge's inside part
+    assert not (kept[:BODY_X0 - 3] > 0).any()
+
+
+@pytest.mark.real_data
+def test_air_beside_real_bodies_larger_than_a_lung_goes_and_both_lungs_stay(data_dir: Path) -> None:
+    """Montgomery training masks plus the largest air region outside the body (where it is
+    larger than the smaller lung) as a false positive: what is kept is what the mask alone
+    gives (the air may touch a lung; then that lung is cut back to the body)."""
+    manifest = json.loads((Path(__file__).resolve().parents[2] / "data_manifests" / "montgomery.json").read_text())
+    checked = 0
+    for case in manifest["training"]:
+        image = scaled(_plane_of(data_dir / "montgomery" / case["image"]))
+        truth = _plane_of(data_dir / "montgomery" / case["label"]) > 127
+        body = body_mask(image)
+        air = ndi.binary_erosion(~body, iterations=3)
+        labels, n = ndi.label(air)
+        if n == 0:
+            continue
+        air = labels == 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
+        lungs, _ = ndi.label(truth)
+        if air.sum() <= np.bincount(lungs.ravel())[1:].min():
+            continue
+        kept = select_lungs(truth | air, body)[0] > 0
+        lungs = select_lungs(truth, body)[0] > 0  # what is kept of the truth alone (one region a side)
+        dice = 2 * (kept & lungs).sum() / (kept.sum() + lungs.sum())
+        assert dice > 0.99, f"{case['image']}: Dice {dice:.3f}"
+        checked += 1
+    assert checked >= 20  # the manifest's training images with that much air beside the body
+
+
+def _plane_of(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("L"), dtype=np.float32).T

@@ -41,8 +41,13 @@ BODY_WORKING_SIDE = 128
 BODY_FRACTION_RANGE = (0.15, 1.0)
 # Bright pieces smaller than this share of the image are not body (markers, text).
 MIN_BODY_PIECE = 0.01
-# A lung component with less of its area than this inside the body is air beside the body.
-MIN_INSIDE_BODY = 0.5
+# A lung component with more of its area than this outside the body is cut back to its
+# largest connected part inside the body (ground-truth lungs have at most a few % outside
+# the body mask: tests/chest/test_quality.py)...
+MAX_OUTSIDE_SHARE = 0.1
+# ... and dropped as air beside the body unless that part is at least this share of the
+# image (one lung is about 4 % or more).
+MIN_CLIPPED_AREA = 0.01
 # A component with at least this share of its area on each side of the midline is
 # recorded as lungs merged across the mediastinum.
 MERGED_SHARE = 0.2
@@ -62,7 +67,7 @@ class LungSelection:
     components: int           # lung components in the raw prediction
     raw_pixels: int           # lung pixels before selection
     kept_pixels: int          # lung pixels after selection
-    removed_outside_body: int  # pixels removed because their component lay outside the body
+    removed_outside_body: int  # pixels removed because they lay outside the body
     merged: bool              # a kept component spans both sides of the midline
 
     @property
@@ -113,6 +118,14 @@ def body_mask(image: np.ndarray) -> np.ndarray | None:
     return np.repeat(np.repeat(body, step, axis=0), step, axis=1)[: img.shape[0], : img.shape[1]]
 
 
+def _largest(mask: np.ndarray) -> np.ndarray:
+    """The largest 8-connected component of a boolean mask (all False if empty)."""
+    labels, n = ndi.label(mask, structure=_STRUCTURE)
+    if n <= 1:
+        return labels > 0
+    return labels == 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
+
+
 def _disk(radius: int) -> np.ndarray:
     x, y = np.ogrid[-radius : radius + 1, -radius : radius + 1]
     return x * x + y * y <= radius * radius
@@ -121,7 +134,9 @@ def _disk(radius: int) -> np.ndarray:
 def select_lungs(mask: np.ndarray, body: np.ndarray | None) -> tuple[np.ndarray, LungSelection]:
     """(W, H) binary lung mask and body mask (``body_mask`` of the image) -> (sides, what was done).
 
-    Components mostly outside the body are dropped; of the rest, each side of the
+    Components partly outside the body are cut back to their largest part inside it (a
+    lung joined to the air beside the body), or dropped when that part is not lung-sized
+    (the air alone); of the rest, each side of the
     midline keeps its largest (a component's side is that of its centroid). Without
     a body (None), every component counts as inside and the midline is the image's centre.
     ``sides`` is a uint8 (W, H) map: 0 removed or background, ``RIGHT`` the lung kept on
@@ -142,13 +157,26 @@ def select_lungs(mask: np.ndarray, body: np.ndarray | None) -> tuple[np.ndarray,
         # Each component measured inside its bounding box: a few ms at any image size.
         boxes = ndi.find_objects(labels)
         pieces = [labels[box] == i + 1 for i, box in enumerate(boxes)]
+        raw_sizes = np.array([np.count_nonzero(p) for p in pieces], dtype=np.float64)
+        outside = np.zeros(n, bool)
+        if body is not None:
+            for i, (box, piece) in enumerate(zip(boxes, pieces)):
+                within = piece & body[box]
+                if np.count_nonzero(within) >= (1 - MAX_OUTSIDE_SHARE) * raw_sizes[i]:
+                    continue
+                # Partly or mostly outside: air beside the body, alone or joined to a lung
+                # (through the chest wall, at the apex). What lies inside the body stays if it
+                # is lung-sized; the rest goes.
+                part = _largest(within)
+                if np.count_nonzero(part) >= MIN_CLIPPED_AREA * mask.size:
+                    pieces[i] = part
+                else:
+                    outside[i] = True
         sizes = np.array([np.count_nonzero(p) for p in pieces], dtype=np.float64)
-        centroid_x = np.array([box[0].start + np.arange(p.shape[0]) @ p.sum(axis=1) / size
+        sizes[outside] = 0
+        removed_outside = int(raw_sizes.sum() - sizes.sum())
+        centroid_x = np.array([box[0].start + np.arange(p.shape[0]) @ p.sum(axis=1) / max(size, 1)
                                for box, p, size in zip(boxes, pieces, sizes)])
-        inside = (np.array([np.count_nonzero(body[box] & p) for box, p in zip(boxes, pieces)]) / sizes
-                  if body is not None else np.ones(n))
-        outside = inside < MIN_INSIDE_BODY
-        removed_outside = int(sizes[outside].sum())
         for value, side in ((RIGHT, centroid_x < midline), (LEFT, centroid_x >= midline)):
             candidates = np.flatnonzero(side & ~outside)
             if candidates.size:
