@@ -22,7 +22,7 @@ from xray_seg.chest.lung_selection import (
     body_mask,
     select_lungs,
 )
-from xray_seg.chest.quality import scaled
+from xray_seg.chest.quality_bounds import scaled
 
 W, H = 200, 240
 BODY_X0, BODY_X1 = 40, 160

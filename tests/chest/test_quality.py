@@ -22,12 +22,10 @@ from xray_seg.chest.quality import (
     Uncertaintyd,
     anatomy_qc,
     bound_failures,
-    bounds_from,
-    case_features,
-    ground_truth_cases,
     lung_qc,
     score,
 )
+from xray_seg.chest.quality_bounds import bounds_from, case_features, ground_truth_cases
 from xray_seg.shared.handlers import QualityTable, SegmentationReport
 
 REPO = Path(__file__).resolve().parents[2]

@@ -9,7 +9,8 @@ Each inference item gets ``item["qc"] = {"stem", "qc_score", "qc_flag", "reasons
   before they are discretised), averaged over the predicted structure.
 - Plausibility compares features of the final mask with bounds (``LUNG_BOUNDS``,
   ``ANATOMY_BOUNDS``) derived from the ground-truth masks of the training splits
-  (``derive_bounds``; ``python -m xray_seg.chest.quality`` prints them).
+  (``xray_seg.chest.quality_bounds``; ``python -m xray_seg.chest.quality_bounds``
+  prints them).
 
 ``qc_flag`` is true when any check fails; ``reasons`` names each failure.
 ``qc_score`` in (0, 1] (higher = more trustworthy) is
@@ -24,10 +25,8 @@ on the image's left), axis 1 is y (rows, top first).
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Hashable, Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -36,16 +35,15 @@ from monai.transforms import MapTransform
 from scipy import ndimage as ndi
 
 from xray_seg.chest.anatomy import STRUCTURES
-from xray_seg.chest.lung_selection import LEFT, RIGHT, body_mask, select_lungs
+from xray_seg.chest.lung_selection import LEFT, RIGHT, body_mask
 from xray_seg.shared.image_checks import image_stem
-from xray_seg.shared.paths import DATA, REPO
 
 # Plausibility bounds (low, high); None = unbounded on that side. Derived by
-# ``derive_bounds`` from the ground-truth masks of the training splits of
+# ``quality_bounds.derive_bounds`` from the ground-truth masks of the training splits of
 # data_manifests/montgomery.json (77 masks) and data_manifests/jsrt_scr.json (135,
 # right_lung + left_lung) -- observed min/max widened by BOUND_MARGIN of the observed
 # range -- and rounded outwards to 3 decimals. Reproduce with
-#   XRAY_DATA_DIR=/path/to/shared/data PYTHONPATH=scripts python -m xray_seg.chest.quality
+#   XRAY_DATA_DIR=/path/to/shared/data PYTHONPATH=scripts python -m xray_seg.chest.quality_bounds
 # (tests/chest/test_quality.py checks every training mask passes, and that a fresh
 # derivation matches these numbers).
 LUNG_BOUNDS: dict[str, tuple[float | None, float | None]] = {
@@ -68,8 +66,8 @@ ANATOMY_BOUNDS: dict[str, tuple[float | None, float | None]] = {
     "clavicle_height": (None, 0.208),        # clavicle centroid y within the lungs' extent (0 top, 1 bottom)
 }
 BOUND_MARGIN = 0.2
-# Which side of each bound is checked: features where only one side is implausible.
-_SIDES = {
+# Which side of each feature's range is implausible (the derivation bounds only that side).
+BOUND_SIDES = {
     "area_fraction": "both", "lr_area_ratio": "low", "height_fraction": "both", "lr_height_ratio": "low",
     "border_contact": "high", "outside_body": "high", "contrast": "low",
     "heart_between_lungs": "both", "heart_below_clavicles": "low", "clavicle_height": "high",
@@ -426,97 +424,3 @@ class AnatomyQualityd(_QualityBase):
             d[self.output_key] = anatomy_qc(channels, image, entropy, self._stem(d[key]),
                                             entropy_limit=self.entropy_limit)
         return d
-
-
-# ----------------------------------------------------------------------------------------
-# Deriving the bounds from ground truth
-# ----------------------------------------------------------------------------------------
-
-
-def scaled(image: np.ndarray) -> np.ndarray:
-    """Intensities as the bundles' preprocessing gives them: 0.5..99.5 percentiles -> 0..1, clipped."""
-    lo, hi = np.percentile(image, [0.5, 99.5])
-    return np.clip((image.astype(np.float32) - lo) / max(float(hi - lo), 1e-6), 0.0, 1.0)
-
-
-def _load_plane(path: Path) -> np.ndarray:
-    """A PNG as a (W, H) float array, the layout of MONAI's PILReader."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return np.asarray(im.convert("F") if im.mode not in ("L", "I;16", "I") else im, dtype=np.float32).T
-
-
-def ground_truth_cases(data_dir: Path, manifests: Path, split: str = "training") -> list[dict]:
-    """Training cases of both chest manifests: {"site", "image", "right", "left"[, "channels"]} paths.
-
-    Montgomery has one mask of both lungs (split into sides at the body's midline);
-    JSRT/SCR has one mask per structure.
-    """
-    cases = []
-    for site in ("montgomery", "jsrt_scr"):
-        manifest = json.loads((manifests / f"{site}.json").read_text())
-        for case in manifest[split]:
-            label = case["label"]
-            cases.append({"site": site, "image": data_dir / site / case["image"],
-                          "labels": [data_dir / site / p for p in (label if isinstance(label, list) else [label])]})
-    return cases
-
-
-def case_features(case: Mapping) -> tuple[dict, dict | None]:
-    """(lung features, anatomy features or None) of one ground-truth case."""
-    image = scaled(_load_plane(case["image"]))
-    body = body_mask(image)
-    masks = [_load_plane(p) > 127 for p in case["labels"]]
-    if len(masks) == 1:
-        sides, _ = select_lungs(masks[0], body)
-        return lung_pair_features(sides == RIGHT, sides == LEFT, image, body), None
-    channels = np.stack(masks)
-    return lung_pair_features(channels[0], channels[1], image, body), anatomy_features(channels, image, body)
-
-
-def _widen(values: Sequence[float], side: str, margin: float) -> tuple[float | None, float | None]:
-    lo, hi = float(min(values)), float(max(values))
-    pad = margin * (hi - lo)
-    low = math.floor((lo - pad) * 1000) / 1000 if side in ("low", "both") else None
-    high = math.ceil((hi + pad) * 1000) / 1000 if side in ("high", "both") else None
-    return low, high
-
-
-def derive_bounds(data_dir: Path, manifests: Path, margin: float = BOUND_MARGIN) -> dict[str, dict]:
-    """Bounds of every plausibility feature from the training splits' ground truth.
-
-    Returns {"lungs": {feature: (low, high)}, "anatomy": {...}}: the lung bounds over
-    both sites, the heart and clavicle bounds over JSRT/SCR (the only set with them).
-    """
-    return bounds_from([case_features(case) for case in ground_truth_cases(data_dir, manifests)], margin)
-
-
-def bounds_from(features: Sequence[tuple[dict, dict | None]], margin: float = BOUND_MARGIN) -> dict[str, dict]:
-    """``derive_bounds`` from the (lung, anatomy) features of each case (``case_features``)."""
-    lung_values: dict[str, list[float]] = {}
-    anatomy_values: dict[str, list[float]] = {}
-    for lung, anatomy in features:
-        for store, feats in ((lung_values, lung), (anatomy_values, anatomy or {})):
-            for name, value in feats.items():
-                if name in _SIDES and (store is lung_values or name not in LUNG_BOUNDS):
-                    store.setdefault(name, []).extend(value if isinstance(value, list) else [value])
-    return {
-        "lungs": {k: _widen(v, _SIDES[k], margin) for k, v in lung_values.items()},
-        "anatomy": {k: _widen(v, _SIDES[k], margin) for k, v in anatomy_values.items()},
-    }
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    import argparse
-
-    parser = argparse.ArgumentParser(description="Derive the QC plausibility bounds from training ground truth.")
-    parser.add_argument("--data", type=Path, default=DATA, help="the shared data folder (default: $XRAY_DATA_DIR)")
-    parser.add_argument("--manifests", type=Path, default=REPO / "data_manifests")
-    args = parser.parse_args(argv)
-    bounds = derive_bounds(args.data, args.manifests)
-    print(json.dumps(bounds, indent=2))
-
-
-if __name__ == "__main__":
-    main()
