@@ -123,6 +123,7 @@ def test_train_evaluate_infer_end_to_end(dataset: tuple[Path, Path], tmp_path: P
     with open(evaluation / "metrics_per_case.csv") as f:
         row = next(csv.DictReader(f))
     assert {"dice_right_clavicle", "iou_left_lung", "ctr_truth", "ctr_pred", "ctr_abs_error"} <= set(row)
+    assert row["qc_flag"] in ("true", "false") and 0 < float(row["qc_score"]) <= 1  # extra_key: qc
     assert 0.2 < float(row["ctr_truth"]) < 0.8  # the drawn heart is about 0.4 of the thorax
 
     out = tmp_path / "out"
@@ -131,7 +132,7 @@ def test_train_evaluate_infer_end_to_end(dataset: tuple[Path, Path], tmp_path: P
         ckpt_path=tmp_path / "run" / "model.pt", save_overlay=True, **SMALL,
     )  # fmt: skip
     stem = "case00"
-    expected = {f"{stem}_seg.png", f"{stem}_measurements.json", f"{stem}_overlay.png"} | {
+    expected = {"qc.csv", f"{stem}_seg.png", f"{stem}_measurements.json", f"{stem}_overlay.png"} | {
         f"{stem}_{s}.png" for s in STRUCTURES
     }
     assert expected <= {p.name for p in out.iterdir()}

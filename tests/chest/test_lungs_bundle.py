@@ -6,6 +6,7 @@ tmp_path, and the shipped model file is only read.
 
 from __future__ import annotations
 
+import csv
 import importlib.metadata
 import json
 import os
@@ -171,7 +172,12 @@ def test_inference_runs_end_to_end(infer_parser: ConfigParser, infer_inputs: Pat
     workflow.run()
     workflow.finalize()
     # No .partial staging folder left behind.
-    assert sorted(p.name for p in out.iterdir()) == ["square_seg.png", "tall_scan_seg.nii.gz", "tall_seg.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["qc.csv", "square_seg.png", "tall_scan_seg.nii.gz", "tall_seg.png"]
+    # One quality row per input, sorted by stem; random weights give masks a person should check.
+    rows = list(csv.DictReader((out / "qc.csv").open(newline="")))
+    assert [r["stem"] for r in rows] == ["square", "tall", "tall_scan"]
+    assert all(r["qc_flag"] in ("true", "false") and 0 <= float(r["qc_score"]) <= 1 for r in rows)
+    assert all(bool(r["reasons"]) == (r["qc_flag"] == "true") for r in rows)
     for name, shape in (("square", (64, 64)), ("tall", (48, 40))):
         with Image.open(out / f"{name}_seg.png") as im:
             mask = np.asarray(im)

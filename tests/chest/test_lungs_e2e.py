@@ -138,6 +138,8 @@ def test_evaluation_writes_metrics_collage_and_curves(workspace: dict[str, Path]
     with open(out / "metrics_per_case.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == len(test_cases) and "dice_lung" in rows[0] and "hd95_lung" in rows[0]
+    # The quality row of each case beside its scores (evaluate.yaml: extra_key qc).
+    assert all(r["qc_flag"] in ("true", "false") and 0 < float(r["qc_score"]) <= 1 for r in rows)
     for picture in ("collage.png", "training_curves.png"):
         assert Image.open(out / picture).size[0] > 200
 
@@ -156,7 +158,7 @@ def test_inference_contract(workspace: dict[str, Path], tmp_path: Path) -> None:
         )  # fmt: skip
     )
     assert sorted(p.name for p in out.iterdir()) == [
-        "colour_overlay.png", "colour_seg.png", "narrow_overlay.png", "narrow_seg.png",
+        "colour_overlay.png", "colour_seg.png", "narrow_overlay.png", "narrow_seg.png", "qc.csv",
     ]  # fmt: skip
     for stem, shape in (("narrow", (96, 70)), ("colour", (96, 96))):
         mask = np.array(Image.open(out / f"{stem}_seg.png"))

@@ -74,8 +74,10 @@ def test_infer_and_the_printed_monai_command_give_the_same_masks(
     monai_cmd = shlex.split(printed.strip().removeprefix("$ "))
     result = subprocess.run(monai_cmd, capture_output=True, text=True, cwd=trained / "in", timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    masks = sorted(p.name for p in (trained / "out").iterdir())
-    assert masks == ["synth_0000_seg.png", "synth_0001_seg.png"]
-    assert masks == sorted(p.name for p in (trained / "out_monai").iterdir())
+    files = sorted(p.name for p in (trained / "out").iterdir())
+    assert files == ["qc.csv", "synth_0000_seg.png", "synth_0001_seg.png"]
+    assert files == sorted(p.name for p in (trained / "out_monai").iterdir())
+    assert (trained / "out" / "qc.csv").read_text() == (trained / "out_monai" / "qc.csv").read_text()
+    masks = files[1:]
     for name in masks:
         assert np.array_equal(np.array(Image.open(trained / "out" / name)), np.array(Image.open(trained / "out_monai" / name)))

@@ -78,6 +78,7 @@ def test_infer_lungs_on_a_datastore_image_and_as_json(label_server):
     assert response.status_code == 200, response.text
     result = response.json()
     assert result["lung_area_px"]["total"] > 0 and result["label_names"] == {"lung": 1}
+    assert set(result["qc"]) == {"qc_score", "qc_flag", "reasons"}  # the bundle's quality row
 
 
 def test_infer_anatomy_label_map_and_measurements(label_server):

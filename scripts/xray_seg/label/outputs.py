@@ -1,7 +1,7 @@
 """What a 2D infer request returns: one uint8 label map at the input's size, and measurements.
 
 Runs after the bundle's own post-processing (softmax/sigmoid, inversion to the input's
-size, discretisation, largest components), in place of its file writers.
+size, discretisation, lung selection, quality row), in place of its file writers.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ class ChestResultd:
     cxr_lungs: C = 1 (argmax 0/1): the label map is that mask, 1 = lung.
     cxr_anatomy: C = 5 binary structure channels, merged with clavicle > heart > lung
     (``xray_seg.chest.anatomy.merge_to_label_map``): 1..5 = ``STRUCTURES`` order.
+    The bundle's quality row (``qc``: qc_score, qc_flag, reasons) goes into the result too.
     """
 
     def __init__(self, model: str, key: str = "pred", result_key: str = "result") -> None:
@@ -55,6 +56,8 @@ class ChestResultd:
             if spacing is not None:
                 result["lung_area_mm2"] = {"total": area * spacing[0] * spacing[1]}
         result["pixel_spacing_mm"] = list(spacing) if spacing is not None else None
+        if isinstance(d.get("qc"), Mapping):  # the bundle's quality row (qc.csv of the command line)
+            result["qc"] = {k: v for k, v in d["qc"].items() if k != "stem"}
         d[self.key] = label_map
         d[self.result_key] = to_jsonable(result)
         return d

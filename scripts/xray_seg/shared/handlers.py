@@ -8,6 +8,8 @@
   MONAI's ``TensorBoardImageHandler`` logs the three images separately, with no
   overlay, which is what reviewers actually look at.
 - ``StagedOutputs``: all-or-nothing output folders for inference.
+- ``QualityTable``: one quality row per input (``item["qc"]``) written as ``qc.csv``
+  into the staging folder, so it is published with the masks or not at all.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from monai.metrics import (
 
 from xray_seg.shared.errors import or_exit
 from xray_seg.shared.outputs import prepare_output_dir, publish_folder
-from xray_seg.shared.reports import class_scores_from_confusion, confusion_matrix, write_report
+from xray_seg.shared.reports import class_scores_from_confusion, confusion_matrix, write_csv, write_report
 from xray_seg.shared.figures import BLUE, RED, label_overlay, overlay, plot_training_curves, save_collage
 
 logger = logging.getLogger(__name__)
@@ -98,7 +100,9 @@ class SegmentationReport:
     scored whole, and ``to_label_map`` (e.g. a priority merge) turns them into
     the label map that pictures and the pixel confusion matrix use.
     ``case_measures(pred, truth)`` may add per-case figures computed from the
-    (C, spatial...) numpy masks, such as a cardiothoracic-ratio error. Writes under
+    (C, spatial...) numpy masks, such as a cardiothoracic-ratio error; ``extra_key``
+    names an item entry (a dict, e.g. the quality row ``qc``) merged into each
+    per-case row, so reports can relate it to the scores. Writes under
     ``output_dir``: ``metrics.json`` (means per class, mean Dice, pooled pixel
     confusion matrix), ``metrics_per_case.csv`` and ``collage.png`` (one tile per
     (tag, plane) that ``planes`` picks from a case, e.g. several z-slices); and, when
@@ -125,8 +129,10 @@ class SegmentationReport:
         log_dir: str | None = None,
         settings: dict | None = None,
         planes: PlanesFn = central_plane,
+        extra_key: str | None = None,
     ) -> None:
         self.output_dir = Path(output_dir)
+        self.extra_key = extra_key
         self.class_names = list(class_names)
         self.multi_label = multi_label
         # Multi-label channels are structures, none of them background.
@@ -149,6 +155,7 @@ class SegmentationReport:
         self.confusion = ConfusionMatrixMetric(metric_name="accuracy", compute_sample=True, **kw)
         self.pixels = np.zeros((len(self.map_names),) * 2, dtype=np.int64)
         self.extra: list[dict] = []
+        self.item_extra: list[dict] = []
         self.names: list[str] = []
         self.pictures: list[dict] = []
 
@@ -168,6 +175,8 @@ class SegmentationReport:
             self.pixels += confusion_matrix(pred_labels, true_labels, len(self.map_names))
             if self.case_measures is not None:
                 self.extra.append(self.case_measures(pred[0].cpu().numpy(), label[0].cpu().numpy()))
+            if self.extra_key is not None:
+                self.item_extra.append(dict(item.get(self.extra_key) or {}))
             self.names.append(_case_name(item, image_key))
             image = item[image_key].detach().float()
             if image.shape[1:] != pred.shape[2:]:  # network-sized input beside full-size masks
@@ -207,7 +216,10 @@ class SegmentationReport:
         """This process's per-case row entries besides the metrics (which MONAI gathers):
         the case name, then the case measures. They travel to rank 0 as they are, so an
         entry added here reaches the report from every rank."""
-        return [{"case": name, **(self.extra[i] if self.extra else {})} for i, name in enumerate(self.names)]
+        rows = [{"case": name, **(self.extra[i] if self.extra else {})} for i, name in enumerate(self.names)]
+        for row, item_extra in zip(rows, self.item_extra):  # e.g. the quality check's columns
+            row.update({k: v for k, v in item_extra.items() if k not in row})
+        return rows
 
     def gathered_cases(self) -> tuple[list[dict], list[dict], list[dict], np.ndarray] | None:
         """Every process's cases on rank 0, sorted by case name: (per-case rows, case
@@ -390,3 +402,44 @@ class StagedOutputs:
     def discard(self, _: Engine, error: Exception) -> None:
         shutil.rmtree(self.staging_dir, ignore_errors=True)
         raise error  # ignite swallows exceptions once a handler is registered for them
+
+
+class QualityTable:
+    """Collect ``item[key]`` rows (dicts) of every inference item and write them as ``<staging_dir>/<file_name>``.
+
+    One row per input, sorted by ``sort_key``. The file goes into the staging folder
+    at COMPLETED, before ``StagedOutputs`` publishes (list this handler before it: ignite
+    runs handlers of one event in the order they were attached), so it appears with the
+    masks or not at all. Under torchrun every rank's rows are gathered to rank 0
+    (``idist.all_gather`` of Python objects; a no-op in one process).
+    """
+
+    def __init__(self, staging_dir: str, key: str = "qc", file_name: str = "qc.csv", sort_key: str = "stem") -> None:
+        self.staging_dir = Path(staging_dir)
+        self.key = key
+        self.file_name = file_name
+        self.sort_key = sort_key
+        self.rows: list[dict] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self.reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
+        engine.add_event_handler(Events.COMPLETED, self.write)
+
+    def reset(self, _: Engine) -> None:
+        self.rows = []
+
+    def collect(self, engine: Engine) -> None:
+        output = engine.state.output
+        for item in output if isinstance(output, list) else [output]:
+            if isinstance(item, dict) and isinstance(item.get(self.key), dict):
+                self.rows.append(dict(item[self.key]))
+
+    def write(self, _: Engine) -> None:
+        gathered = idist.all_gather(self.rows) if idist.get_world_size() > 1 else [self.rows]
+        if idist.get_rank() != 0:
+            return
+        rows = sorted((row for rank_rows in gathered for row in rank_rows), key=lambda r: str(r.get(self.sort_key, "")))
+        path = write_csv(self.staging_dir / self.file_name, rows)
+        logger.info("quality rows of %d inputs (%d flagged) in %s", len(rows),
+                    sum(bool(r.get("qc_flag")) for r in rows), path.name)

@@ -114,11 +114,30 @@ def _csv_cell(value: Any) -> Any:
     value = to_jsonable(value)
     if value is None:
         return ""  # NaN and missing values: an empty cell, which CSV readers take as missing
+    if isinstance(value, bool):
+        return "true" if value else "false"  # as in JSON, and as qc.csv documents its flag
     if isinstance(value, float):
         return f"{value:.6g}"
     if isinstance(value, (list, dict)):
         return json.dumps(value)
     return value
+
+
+def write_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]]) -> Path:
+    """Write ``rows`` as CSV at ``path``, atomically.
+
+    Columns are the union of the rows' keys in first-seen order; a row lacking a key
+    gets an empty cell. Floats keep 6 significant digits, booleans read true/false.
+    """
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    if columns:
+        writer.writerow(columns)
+    for row in rows:
+        writer.writerow([_csv_cell(row.get(k)) for k in columns])
+    write_text(path, buffer.getvalue())
+    return Path(path)
 
 
 def write_report(
@@ -135,15 +154,6 @@ def write_report(
     """
     out_dir = Path(out_dir)
     json_path, csv_path = out_dir / json_name, out_dir / csv_name
-
-    columns = list(dict.fromkeys(k for row in per_case for k in row))
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    if columns:
-        writer.writerow(columns)
-    for row in per_case:
-        writer.writerow([_csv_cell(row.get(k)) for k in columns])
-
     write_text(json_path, json.dumps(to_jsonable(summary), indent=2, allow_nan=False) + "\n")
-    write_text(csv_path, buffer.getvalue())
+    write_csv(csv_path, per_case)
     return json_path, csv_path
