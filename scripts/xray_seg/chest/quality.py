@@ -78,9 +78,11 @@ BOUND_SIDES = {
 # - more than this share of the raw lung prediction removed by post-processing;
 MAX_REMOVED_FRACTION = 0.25
 # - mean normalised entropy over the predicted lungs at or above this: twice the largest
-#   value of the shipped cxr_lungs model on its Montgomery training split (0.076), rounded,
-#   so a model as sure as on its own training images is never flagged for uncertainty;
-LUNG_ENTROPY_LIMIT = 0.15
+#   value of the shipped (multi-site) cxr_lungs model on its training split (Montgomery 77
+#   cases: 0.103, JSRT 135: 0.101), rounded, so a model as sure as on its own training
+#   images is never flagged for uncertainty. The leave-one-site-out models of the
+#   cross-site report use the same limit (same recipe, not calibrated on the held-out site);
+LUNG_ENTROPY_LIMIT = 0.21
 # - the same for cxr_anatomy (mean over the structures of the sigmoid entropy within
 #   each): twice the largest value of the shipped model on its JSRT training split (0.058).
 ANATOMY_ENTROPY_LIMIT = 0.12
