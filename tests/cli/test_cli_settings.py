@@ -39,7 +39,7 @@ def test_every_verb_is_listed_and_has_help(capsys: pytest.CaptureFixture[str]) -
 def test_bundle_verb_help_lists_main_settings_with_each_bundles_default(capsys: pytest.CaptureFixture[str]) -> None:
     _, out, _ = cli(["train", "--help"], capsys)
     line = next(line for line in out.splitlines() if line.strip().startswith("--num_epochs"))
-    assert line.split()[1:] == ["120", "|", "150", "|", "30"]  # cxr_anatomy | cxr_lungs | xray_tomography
+    assert line.split()[1:] == ["120", "|", "60", "|", "30"]  # cxr_anatomy | cxr_lungs | xray_tomography
     for flag in ("--bundle", "--config", "--dataset_dir", "--datalist", "--output_dir", "--device", "--dry_run"):
         assert flag in out
     _, out, _ = cli(["infer", "--help"], capsys)
