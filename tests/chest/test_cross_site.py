@@ -46,7 +46,8 @@ def test_models_are_parsed_and_missing_checkpoints_refused(tmp_path: Path) -> No
 
 
 def test_report_on_two_small_sites(tmp_path: Path, data_dir: Path) -> None:
-    """The shipped model, trained on Montgomery: its test split there, every case of JSRT."""
+    """The shipped model declared as trained on Montgomery only: its test split there, every JSRT case of the
+    manifest (what the report does for an unseen site; the figures themselves are not the point here)."""
     full = json.loads((REPO / "data_manifests" / "cxr_lungs_sites.json").read_text())
     pick = {site: [i for i in full["testing"] if i["site"] == site][:2] for site in full["sites"]}
     small = dict(full, training=pick["jsrt"][:1], validation=[], testing=pick["montgomery"] + pick["jsrt"][1:])

@@ -433,7 +433,7 @@ def test_lungs_inference_killed_mid_run_leaves_nothing_and_the_next_run_succeeds
     run_bundle_in_process(LUNGS, ["inference.yaml"], dataset_dir=folder, output_dir=out)
     written = tree(out)
     names = {stem: f"{stem}_seg.nii.gz" if stem == "flat" else f"{stem}_seg.png" for stem in sizes}
-    assert written == sorted(names.values()), written  # all, and no debris
+    assert written == sorted([*names.values(), "qc.csv"]), written  # all, and no debris
     for stem, size in sizes.items():
         path = out / names[stem]
         mask = np.squeeze(nibabel.load(path).get_fdata()) if stem == "flat" else np.asarray(Image.open(path))

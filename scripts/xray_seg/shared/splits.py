@@ -15,6 +15,10 @@ from pathlib import Path
 SPLITS = ("training", "validation", "testing")
 
 
+class EmptySplitError(ValueError):
+    """The split (after the fold and site filters) holds no item."""
+
+
 class ManifestError(ValueError):
     """The dataset or the split parameters cannot make a manifest; the message lists every problem."""
 
@@ -78,10 +82,16 @@ def load_split(
     those sites. Raises ValueError for a bad manifest or split, an unknown site, an
     empty result, or missing files.
     """
-    if not isinstance(split, str):
-        if not split:
-            raise ValueError(f"manifest {manifest_path}: no split named")
-        return [item for s in split for item in load_split(manifest_path, dataset_dir, s, fold, sites)]
+    if not isinstance(split, str):  # several splits: one of them may be empty, not all
+        items = []
+        for name in split:
+            try:
+                items += load_split(manifest_path, dataset_dir, name, fold, sites)
+            except EmptySplitError:
+                continue
+        if not items:
+            raise EmptySplitError(f"manifest {manifest_path}: splits {list(split)} are empty")
+        return items
     from monai.data import load_decathlon_datalist  # takes seconds to import; the CLI does not need it
 
     manifest_path, dataset_dir = Path(manifest_path), Path(dataset_dir).absolute()
@@ -110,7 +120,7 @@ def load_split(
     if not items:
         k_fold = split == "validation" and any("fold" in e for e in manifest.get("training", []))
         hint = "; it is a k-fold manifest: pass a fold" if k_fold else ""
-        raise ValueError(f"manifest {manifest_path}: split {split!r} is empty{hint}")
+        raise EmptySplitError(f"manifest {manifest_path}: split {split!r} is empty{hint}")
     _check_files_exist(items, split, manifest_path, dataset_dir)
     return items
 
