@@ -25,12 +25,19 @@ def files_under(folder: Path) -> set[Path]:
     return {p for p in folder.rglob("*") if p.is_file()}
 
 
-def settled(folder: Path, expected: set[Path], timeout_s: float = 10.0) -> set[Path]:
-    """The files of ``folder`` once MONAI Label's clean-up (run after the response) is done."""
+def left_behind(server, before: set[Path], timeout_s: float = 10.0) -> set[Path]:
+    """Files that a request added to the server's temporary folder or to its bundle copies.
+
+    MONAI Label removes its temporary files after the response is sent, so this waits for that
+    clean-up. Files of an earlier request may vanish meanwhile; only new files count.
+    """
+    def new() -> set[Path]:
+        return (files_under(server.tmp) | files_under(server.work_dir / "bundles")) - before
+
     deadline = time.monotonic() + timeout_s
-    while files_under(folder) != expected and time.monotonic() < deadline:
+    while new() and time.monotonic() < deadline:
         time.sleep(0.2)
-    return files_under(folder)
+    return new()
 
 
 def infer(server, model: str, path: Path, output: str = "image", **kw):
@@ -69,8 +76,7 @@ def test_infer_lungs_returns_a_uint8_label_png_of_the_input_size(label_server):
     truth = np.array(Image.open(label_server.cases / "narrow_mask.png")) > 0
     assert dice(label == 1, truth) > 0.8
     # No file left anywhere: not in the temporary folder, not in the bundle copies.
-    assert settled(label_server.tmp, before & files_under(label_server.tmp)) | files_under(
-        label_server.work_dir / "bundles") == before
+    assert left_behind(label_server, before) == set()
 
 
 def test_infer_lungs_on_a_datastore_image_and_as_json(label_server):
@@ -111,8 +117,7 @@ def test_infer_tomography_matches_the_command_line_plus_one(label_server, label_
     before = files_under(label_server.tmp) | files_under(label_server.work_dir / "bundles")
     response = infer(label_server, "xray_tomography", volume)
     assert response.status_code == 200, response.text
-    assert settled(label_server.tmp, before & files_under(label_server.tmp)) | files_under(
-        label_server.work_dir / "bundles") == before  # no file left behind
+    assert left_behind(label_server, before) == set()  # no file left behind
     served = tmp_path / "served.nii.gz"
     served.write_bytes(response.content)
     # The command line, in the same environment (same torch), on the same volume.
