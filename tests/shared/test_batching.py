@@ -49,3 +49,19 @@ def test_input_error_found_in_process_and_in_a_worker_traceback() -> None:
         "xray_seg.shared.image_checks.ImageReadError: /in/y.png: cannot read image: OSError: truncated\n")
     assert input_error_in(RuntimeError("wrapped")) is None
     assert input_error_in(worker) == "/in/y.png: cannot read image: OSError: truncated"
+
+
+def test_input_workers_run_at_a_lower_priority_than_the_network() -> None:
+    """The decoding workers yield the cores to the network's threads (InputLoader's docstring)."""
+    import os
+
+    from monai.data import Dataset
+
+    from xray_seg.shared.inputs import WORKER_NICENESS, InputLoader
+
+    loader = InputLoader(Dataset([0, 1, 2], transform=lambda _: os.nice(0)), batch_size=1, num_workers=1)
+    niceness = [int(batch[0]) for batch in loader]
+    assert niceness == [min(19, os.nice(0) + WORKER_NICENESS)] * 3
+    # In the main process (num_workers=0) nothing changes: os.nice(0) reads without changing.
+    inline = InputLoader(Dataset([0], transform=lambda _: os.nice(0)), batch_size=1, num_workers=0)
+    assert [int(batch[0]) for batch in inline] == [os.nice(0)]

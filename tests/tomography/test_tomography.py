@@ -18,7 +18,15 @@ from xray_seg.shared.splits import ManifestError
 from xray_seg.cli.main import main as cli
 from xray_seg.tomography.slab_manifest import build_slab_manifest, slab_ranges
 from xray_seg.tomography.evaluation import boundary_accuracy, boundary_band, scores
-from xray_seg.tomography.inference import find_volumes, labels_of, segment_folder, segment_volume
+from xray_seg.tomography.inference import (
+    SLAB_VOXELS,
+    auto_slab_depth,
+    find_volumes,
+    labels_of,
+    segment_folder,
+    segment_volume,
+    window_stride,
+)
 from xray_seg.tomography.transforms import LoadVolumed, RecordIntensityRanged, ScaleFromRanged, ZSlices, intensity_range
 from xray_seg.tomography.volume_io import SlabReader, VolumeError, read_volume
 
@@ -217,6 +225,38 @@ def test_streaming_a_convolutional_net_agrees_with_the_whole_volume(stack: Path,
     with torch.no_grad():
         whole = inferer((torch.from_numpy(image.astype(np.float32))[None, None] - lo) / (hi - lo), net)[0].argmax(0)
     assert (streamed == whole.numpy()).mean() > 0.995
+
+
+def test_auto_slab_depth_fills_the_voxel_budget_in_whole_window_steps() -> None:
+    assert window_stride(SlidingWindowInferer(roi_size=(32, 96, 96), overlap=0.25)) == 24
+    assert window_stride(SlidingWindowInferer(roi_size=(32, 96, 96), overlap=0.5)) == 16
+    assert window_stride(lambda x, net: net(x)) == 1  # no window: no rounding
+    assert auto_slab_depth((512, 1024, 1024), SLAB_VOXELS, 24) == 144  # the former fixed depth
+    assert auto_slab_depth((256, 256, 256), SLAB_VOXELS, 24) == 2304  # such a volume is one slab
+    assert auto_slab_depth((200, 501, 501), SLAB_VOXELS, 24) == 600  # 601 rounded down to the stride
+    assert auto_slab_depth((9, 4096, 4096), SLAB_VOXELS, 24) == 9  # under one stride: not rounded to 0
+    assert auto_slab_depth((9, 8192, 8192), 1000, 24) == 1
+    with pytest.raises(ValueError):
+        auto_slab_depth((9, 16, 16), 0)
+
+
+def test_default_slabs_follow_the_voxel_budget_with_the_same_labels(stack: Path, tmp_path: Path, monkeypatch) -> None:
+    image, _ = read_volume(stack / "images")
+    depth, area = image.shape[0], image.shape[1] * image.shape[2]
+    inferer = SlidingWindowInferer(roi_size=(4, 16, 16), sw_batch_size=2, overlap=0.25, mode="gaussian")
+    monkeypatch.setattr("xray_seg.tomography.inference.SlabReader", RecordingReader)
+    labels = {}
+    for name, budget in (("thin", 7 * area), ("whole", 10 * depth * area)):
+        RecordingReader.spans = []
+        out = segment_volume(stack / "images", tmp_path / name / "seg", Pointwise(), inferer, slab_voxels=budget,
+                             halo=4, progress=False)
+        labels[name] = read_volume(out)[0]
+        inference_reads = [n for n in RecordingReader.spans if n > 1]  # not the 1-slice percentile sample
+        if name == "thin":  # 7 slices -> 6, a multiple of the window stride (3), plus two halos
+            assert max(inference_reads) == 6 + 2 * 4 and len(inference_reads) == -(-depth // 6)
+        else:  # the whole volume in one slab, no halo
+            assert inference_reads == [depth]
+    np.testing.assert_array_equal(labels["thin"], labels["whole"])
 
 
 def test_segment_folder_checks_every_input_before_writing(stack: Path, tmp_path: Path, capsys) -> None:

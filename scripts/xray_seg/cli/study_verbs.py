@@ -58,7 +58,8 @@ def register(verbs: argparse._SubParsersAction) -> None:
                       help="volume sizes, N or XxYxZ")
     tomo.add_argument("--output_dir", type=Path, default=Path("runs/benchmark_tomo"),
                       help="volumes, outputs and benchmark.json")
-    tomo.add_argument("--slab_depth", type=int, default=144, help="slices segmented at a time")
+    tomo.add_argument("--slab_depth", type=int, default=None,
+                      help="slices segmented at a time (default: the bundle's, chosen from its slab_voxels)")
     tomo.add_argument("--halo", type=int, default=16, help="context slices on each side of a slab")
     tomo.add_argument("--max_angles", type=int, default=128, help="cap on the simulated scan's projection angles")
     tomo.add_argument("--generate_only", action="store_true", help="make the volumes, measure nothing")
@@ -75,7 +76,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
                        help="report to write")
     speed.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     speed.add_argument("--amp", action="store_true", help="mixed precision (CUDA)")
-    speed.add_argument("--n_images", type=int, default=64, help="synthetic 512x512 radiographs for the 2D pipeline")
+    speed.add_argument("--n_images", type=int, default=200, help="synthetic 512x512 radiographs for the 2D pipeline")
     speed.add_argument("--volume", type=parse_size, default="256x256x256", help="3D volume size, XxYxZ")
     speed.set_defaults(run=benchmark_throughput)
 
@@ -193,7 +194,7 @@ def benchmark_tomo(args: argparse.Namespace) -> int:
 
     sizes = [parse_size(s) if isinstance(s, str) else s for s in args.sizes]
     if args.child:
-        overrides = {"slab_depth": args.slab_depth, "halo": args.halo}
+        overrides = {"halo": args.halo, **({"slab_depth": args.slab_depth} if args.slab_depth else {})}
         print(json.dumps(benchmark.segment(Path(args.child[0]), Path(args.child[1]), overrides)))
         return 0
     if args.generate_only:

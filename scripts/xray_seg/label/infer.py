@@ -119,7 +119,7 @@ class TomographyInfer(_BundleTask):
         ext = suffix(output_path(image, tempfile.gettempdir(), "_seg"))
         fd, out = tempfile.mkstemp(prefix="xray-seg-", suffix=ext)
         os.close(fd)
-        settings = {k: self.parser.get_parsed_content(k) for k in ("slab_depth", "halo")}
+        settings = {k: self.parser.get_parsed_content(k) for k in ("slab_depth", "slab_voxels", "halo")}
         try:
             network = self._get_network(device, request)
             segment_volume(

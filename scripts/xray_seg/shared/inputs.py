@@ -7,9 +7,11 @@ entry points are in ``xray_seg.tomography.inputs`` and ``xray_seg.tomography.inf
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from monai.data import DataLoader, Dataset
+from monai.data.utils import worker_init_fn
 
 from xray_seg.shared.errors import fail, input_error_in, or_exit
 from xray_seg.shared.image_checks import check_readable, image_stem, list_image_files, read_image_array
@@ -71,7 +73,18 @@ class InputLoader(DataLoader):
     ``ERROR:`` line and exit status 2 in the main process. From a worker process the error
     arrives with the worker's whole traceback as its message, which the engine would log;
     stopping here, before the engine sees it, leaves the one line (and ``StagedOutputs``
-    still discards what was staged)."""
+    still discards what was staged).
+
+    Its worker processes run at a lower scheduling priority (``WORKER_NICENESS``): on a
+    CPU the network's threads use every core, and a decoding worker competing with them
+    as an equal made the network about half as fast (each thread waits for the slowest at
+    every layer). Niced, the workers still get the cores whenever the main process leaves
+    one idle (post-processing and writing are single-threaded), so the next batch is ready
+    in time. PyTorch has no setting for this; ``os.nice`` is the operating system's."""
+
+    def __init__(self, dataset, **kwargs) -> None:
+        kwargs.setdefault("worker_init_fn", _niced_worker)
+        super().__init__(dataset, **kwargs)
 
     def __iter__(self):
         batches = super().__iter__()
@@ -85,6 +98,16 @@ class InputLoader(DataLoader):
                     fail(message)
                 raise
             yield batch
+
+
+# How much less CPU priority the input workers get than the main process (0..19).
+WORKER_NICENESS = 10
+
+
+def _niced_worker(worker_id: int) -> None:
+    """MONAI's worker set-up (its per-worker random state), then a lower priority."""
+    worker_init_fn(worker_id)
+    os.nice(WORKER_NICENESS)
 
 
 def _check_unique_stems(paths: list[Path]) -> None:

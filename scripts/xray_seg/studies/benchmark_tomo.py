@@ -1,7 +1,7 @@
 """Benchmark of streaming sliding-window inference of the xray_tomography bundle.
 
     xray-seg benchmark tomo [--sizes 256 512 1024x1024x512]
-        [--output_dir runs/benchmark_tomo] [--slab_depth 144] [--halo 16]
+        [--output_dir runs/benchmark_tomo] [--slab_depth N] [--halo 16]
 
 For each size, makes a synthetic tomography volume (xray_seg.synthetic.tomo:
 phantom, projections, Poisson noise, filtered back-projection) as a multi-page
@@ -58,7 +58,7 @@ def segment(image: Path, out: Path, overrides: dict) -> dict:
     """Child process: segment ``image`` with the bundle's inference settings; timings and peak RSS."""
     from monai.bundle import ConfigParser
 
-    from xray_seg.tomography.inference import segment_volume
+    from xray_seg.tomography.inference import auto_slab_depth, segment_volume, window_stride
     from xray_seg.tomography.volume_io import SlabReader
 
     parser = ConfigParser()
@@ -70,11 +70,12 @@ def segment(image: Path, out: Path, overrides: dict) -> dict:
     if ckpt.is_file():
         network.load_state_dict(torch.load(ckpt, map_location=parser.get_parsed_content("device"), weights_only=True))
     inferer = parser.get_parsed_content("inferer")
-    start = time.time()
-    segment_volume(image, out, network, inferer, slab_depth=parser["slab_depth"], halo=parser["halo"])
-    wall = time.time() - start
     with SlabReader(image) as reader:
         shape = reader.shape
+    slab_depth = parser["slab_depth"] or auto_slab_depth(shape, parser["slab_voxels"], window_stride(inferer))
+    start = time.time()
+    segment_volume(image, out, network, inferer, slab_depth=slab_depth, halo=parser["halo"])
+    wall = time.time() - start
     voxels = shape[0] * shape[1] * shape[2]
     return {
         "shape_zyx": list(map(int, shape)),
@@ -84,7 +85,8 @@ def segment(image: Path, out: Path, overrides: dict) -> dict:
         "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
         "weights": str(ckpt) if ckpt.is_file() else "untrained (no checkpoint)",
         "device": str(parser.get_parsed_content("device")),
-        "settings": {k: parser[k] for k in ("patch_size", "slab_depth", "halo", "sw_batch_size", "overlap")},
+        "settings": {**{k: parser[k] for k in ("patch_size", "halo", "sw_batch_size", "overlap")},
+                     "slab_depth": slab_depth},
         "torch_threads": torch.get_num_threads(),
     }
 
@@ -104,7 +106,7 @@ def machine() -> dict:
     }
 
 
-def benchmark(sizes: list[tuple[int, int, int]], output_dir: Path, slab_depth: int, halo: int, max_angles: int,
+def benchmark(sizes: list[tuple[int, int, int]], output_dir: Path, slab_depth: int | None, halo: int, max_angles: int,
               command: str) -> dict:
     """Segment a synthetic volume of each size in a child process; ``benchmark.json`` in ``output_dir``."""
     report = {"bundle": "xray_tomography", "command": command, "machine": machine(), "runs": []}
@@ -112,7 +114,8 @@ def benchmark(sizes: list[tuple[int, int, int]], output_dir: Path, slab_depth: i
         image, generation = volume_for(size, output_dir, max_angles)
         out = output_dir / "outputs" / f"{image.parent.name}_seg.tif"
         print(f"-- {image.parent.name} (z x y x x): segmenting ...", flush=True)
-        cmd = [*CHILD, "--slab_depth", str(slab_depth), "--halo", str(halo), "--child", str(image), str(out)]
+        depth = ["--slab_depth", str(slab_depth)] if slab_depth else []  # else the bundle's
+        cmd = [*CHILD, *depth, "--halo", str(halo), "--child", str(image), str(out)]
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
         if proc.returncode != 0:
             raise SystemExit(f"ERROR: segmenting {image} failed (exit {proc.returncode})")

@@ -1,6 +1,6 @@
 """Inference throughput side by side: the network alone, and the bundle's own inference end to end.
 
-    xray-seg benchmark throughput [--n_images 64] [--volume 256x256x256] [--device cpu|cuda] [--amp]
+    xray-seg benchmark throughput [--n_images 200] [--volume 256x256x256] [--device cpu|cuda] [--amp]
 
 One run measures, with the same model, window and threads:
 - 2D (cxr_lungs): network-only images/s (shipped UNet on random 256x256 windows, the
@@ -14,7 +14,9 @@ One run measures, with the same model, window and threads:
   voxels/s of the bundle's inference.yaml on the same volume as a TIFF file (checks,
   streaming slab by slab with halos, reading, writing, publishing), timed like 2D.
 Their ratio is the share of the pipeline's time that the network accounts for. The
-machine is shared: the load average before and after is recorded. On a GPU, pass
+network alone is measured just before and just after each pipeline and the mean is
+used (each is in the report): on a shared machine its speed drifts within minutes. The
+load average before and after is recorded. On a GPU, pass
 ``--device cuda`` (and ``--amp`` for mixed precision); peak GPU memory is recorded.
 """
 
@@ -32,6 +34,7 @@ from monai.bundle import ConfigParser
 from xray_seg.shared.atomic import write_text
 from xray_seg.shared.machine import cpu_name, load_average
 from xray_seg.shared.paths import BUNDLES
+from xray_seg.tomography.inference import auto_slab_depth, window_stride
 
 
 def _network(bundle: str, device: torch.device) -> tuple[torch.nn.Module, ConfigParser]:
@@ -124,12 +127,27 @@ def pipeline_3d(device: torch.device, amp: bool, shape: tuple[int, int, int], ro
     seconds = time.perf_counter() - start
     if not (root / "volumes_out" / "volume_seg.tif").is_file():
         raise RuntimeError("the 3D inference wrote no label volume")
-    settings = {k: workflow.parser.get_parsed_content(k) for k in ("slab_depth", "halo")}
+    settings = {k: workflow.parser.get_parsed_content(k) for k in ("slab_depth", "slab_voxels", "halo")}
+    if settings["slab_depth"] is None:  # what the bundle chose for this volume
+        inferer = workflow.parser.get_parsed_content("inferer")
+        settings["slab_depth"] = auto_slab_depth(shape, settings["slab_voxels"], window_stride(inferer))
     return {"voxels_per_s": round(int(np.prod(shape)) / seconds), "shape_zyx": list(shape), **settings,
             "seconds": round(seconds, 2)}
 
 
-def measure(device: str = "cpu", amp: bool = False, n_images: int = 64,
+def _bracketed(measure_before, key: str):
+    """Measure now; the returned function measures again and gives both with their mean under ``key``."""
+    before = measure_before()
+
+    def after(measure_after) -> dict:
+        again = measure_after()
+        return {**before, key: round((before[key] + again[key]) / 2, 2), f"{key}_before": before[key],
+                f"{key}_after": again[key]}
+
+    return after
+
+
+def measure(device: str = "cpu", amp: bool = False, n_images: int = 200,
             volume: tuple[int, int, int] = (256, 256, 256)) -> dict:
     dev = torch.device(device)
     if dev.type == "cuda":
@@ -138,8 +156,14 @@ def measure(device: str = "cpu", amp: bool = False, n_images: int = 64,
                           "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None, "amp": amp,
                           "load_average_before": load_average()}}
     with tempfile.TemporaryDirectory() as tmp:
-        net2d, pipe2d = network_2d(dev, amp), pipeline_2d(dev, amp, n_images, Path(tmp))
-        net3d, pipe3d = network_3d(dev, amp, volume), pipeline_3d(dev, amp, volume, Path(tmp))
+        # The network alone is measured just before and just after the pipeline, and the two
+        # averaged: on a shared machine its speed drifts by 20 % and more within minutes.
+        net2d = _bracketed(lambda: network_2d(dev, amp), "images_per_s")
+        pipe2d = pipeline_2d(dev, amp, n_images, Path(tmp))
+        net2d = net2d(lambda: network_2d(dev, amp))
+        net3d = _bracketed(lambda: network_3d(dev, amp, volume), "voxels_per_s")
+        pipe3d = pipeline_3d(dev, amp, volume, Path(tmp))
+        net3d = net3d(lambda: network_3d(dev, amp, volume))
     report["2d"] = {"network_only": net2d, "end_to_end": pipe2d,
                     "ratio": round(pipe2d["images_per_s"] / net2d["images_per_s"], 3)}
     report["3d"] = {"network_only": net3d, "end_to_end": pipe3d,

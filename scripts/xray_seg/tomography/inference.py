@@ -29,6 +29,7 @@ from tqdm import tqdm
 from xray_seg.shared.errors import UserError, fail, or_exit
 from xray_seg.shared.folders import visible_entries
 from xray_seg.shared.integrity import non_finite_count, non_finite_message
+from xray_seg.shared.labelmaps import first_argmax
 from xray_seg.shared.machine import available_memory, gib
 from xray_seg.shared.outputs import check_output_dir, prepare_output_dir
 from xray_seg.tomography.transforms import intensity_range, scale
@@ -74,24 +75,60 @@ def volume_range(reader: SlabReader, lower: float = 0.5, upper: float = 99.5) ->
     return intensity_range(sample, lower, upper)
 
 
+# Voxels per slab (kept slices x slice area) when no slab depth is given: 144 slices of
+# 1024 x 1024, whose inference peaks at a few GiB (model card: memory). Thinner slices
+# get deeper slabs within the same memory, so fewer halos are inferred twice: a volume of
+# 256 x 256 slices up to 2304 deep is one slab, with no halo at all.
+SLAB_VOXELS = 144 * 1024 * 1024
+
+
+def window_stride(inferer: object) -> int:
+    """Depth step between sliding windows (MONAI's: int(roi * (1 - overlap)), at least 1),
+    or 1 for an inferer without a window."""
+    roi, overlap = getattr(inferer, "roi_size", None), getattr(inferer, "overlap", None)
+    if not roi or overlap is None:
+        return 1
+    overlap = overlap[0] if isinstance(overlap, Sequence) else overlap
+    return max(1, int(roi[0] * (1 - overlap)))
+
+
+def auto_slab_depth(shape_zyx: Sequence[int], slab_voxels: int = SLAB_VOXELS, stride: int = 1) -> int:
+    """Slices per slab for a volume of ``shape_zyx`` within ``slab_voxels`` voxels.
+
+    Rounded down to a multiple of the window ``stride`` (when at least one stride fits), so
+    that a slab and its halos tile with whole windows as the fixed 144 did; at least 1.
+    """
+    if slab_voxels < 1:
+        raise ValueError(f"slab_voxels must be >= 1, got {slab_voxels}")
+    depth = max(1, slab_voxels // max(1, int(shape_zyx[1]) * int(shape_zyx[2])))
+    return depth - depth % stride if depth >= stride else depth
+
+
 @torch.no_grad()
 def segment_volume(
     path: str | os.PathLike,
     out_path: str | os.PathLike,
     network: torch.nn.Module,
     inferer: Inferer,
-    slab_depth: int = 144,
+    slab_depth: int | None = None,
     halo: int = 16,
     lower: float = 0.5,
     upper: float = 99.5,
     progress: bool = True,
+    slab_voxels: int = SLAB_VOXELS,
 ) -> Path:
-    """Write the label volume (uint8, argmax over the network's channels) of ``path`` to ``out_path``."""
-    if slab_depth < 1 or halo < 0:
+    """Write the label volume (uint8, argmax over the network's channels) of ``path`` to ``out_path``.
+
+    ``slab_depth``: slices kept per slab; None chooses it from ``slab_voxels`` and the
+    slice size (``auto_slab_depth``).
+    """
+    if (slab_depth is not None and slab_depth < 1) or halo < 0:
         raise ValueError(f"slab_depth must be >= 1 and halo >= 0, got {slab_depth} and {halo}")
     network.eval()
     with SlabReader(path) as reader:
         depth = reader.meta.shape[0]
+        if slab_depth is None:
+            slab_depth = auto_slab_depth(reader.meta.shape, slab_voxels, window_stride(inferer))
         lo, hi = volume_range(reader, lower, upper)
         starts = range(0, depth, slab_depth)
         with SlabWriter(out_path, reader.meta, dtype=np.uint8) as writer:
@@ -118,17 +155,17 @@ _ARGMAX_SLICES = 8
 def labels_of(scores: torch.Tensor) -> np.ndarray:
     """Argmax over the classes of (classes, z, y, x) scores as a uint8 (z, y, x) array.
 
-    numpy's argmax, a few slices at a time: ``torch.argmax`` over the leading axis of a
-    CPU tensor is a slow strided reduction (several times numpy's), and its int64 result
-    for the whole slab would be 8 bytes per voxel more at the slab's memory peak. Both
-    return the first maximal class, so the labels are the same.
+    ``first_argmax`` a few slices at a time: ``torch.argmax`` (and ``np.argmax``) over the
+    leading axis is a slow strided reduction, and an int64 result for the whole slab
+    would be 8 bytes per voxel more at the slab's memory peak. All return the first
+    maximal class, so the labels are the same.
     """
     scores = scores.detach()
     labels = np.empty(scores.shape[1:], dtype=np.uint8)
     for z in range(0, scores.shape[1], _ARGMAX_SLICES):
         chunk = scores[:, z : z + _ARGMAX_SLICES]
         chunk = chunk.float() if chunk.dtype == torch.bfloat16 else chunk  # numpy has no bfloat16
-        labels[z : z + _ARGMAX_SLICES] = np.argmax(chunk.cpu().numpy(), axis=0)
+        labels[z : z + _ARGMAX_SLICES] = first_argmax(chunk.cpu().numpy())
     return labels
 
 
@@ -192,17 +229,19 @@ class VolumeSegmenter(Engine):
         output_dir: str,
         network: torch.nn.Module,
         inferer: Inferer,
-        slab_depth: int = 144,
+        slab_depth: int | None = None,
         halo: int = 16,
         lower: float = 0.5,
         upper: float = 99.5,
         suffix: str = "_seg",
         staged: bool = False,
+        slab_voxels: int = SLAB_VOXELS,
     ) -> None:
         super().__init__(self._segment)
         or_exit(lambda: check_output_dir(output_dir))  # before the first volume is segmented
         self.dataset = dataset
-        self.settings = dict(network=network, inferer=inferer, slab_depth=slab_depth, halo=halo, lower=lower, upper=upper)
+        self.settings = dict(network=network, inferer=inferer, slab_depth=slab_depth, halo=halo, lower=lower,
+                             upper=upper, slab_voxels=slab_voxels)
         self.output_dir, self.suffix, self.staged = output_dir, suffix, staged
 
     def _segment(self, engine: Engine, item: dict) -> dict:
@@ -223,7 +262,7 @@ class VolumeSegmenter(Engine):
 
 def segment_folder(dataset_dir: str, output_dir: str, network: torch.nn.Module, inferer: Inferer, **settings) -> list[Path]:
     """Segment every volume of ``dataset_dir`` into ``output_dir``; the paths written.
-    ``settings``: those of ``VolumeSegmenter`` (slab_depth, halo, lower, upper, suffix)."""
+    ``settings``: those of ``VolumeSegmenter`` (slab_depth, slab_voxels, halo, lower, upper, suffix)."""
     engine = VolumeSegmenter(volume_items(dataset_dir, output_dir), output_dir, network, inferer, **settings)
     written: list[Path] = []
     engine.add_event_handler(Events.ITERATION_COMPLETED, lambda e: written.append(Path(e.state.output["output"])))

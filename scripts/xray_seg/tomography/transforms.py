@@ -37,7 +37,9 @@ def intensity_range(volume: np.ndarray | torch.Tensor, lower: float = 0.5, upper
     sample = sample[torch.isfinite(sample)]
     if sample.numel() == 0:
         raise ValueError("the volume has no finite voxels")
-    lo, hi = torch.quantile(sample.double(), torch.tensor([lower / 100, upper / 100], dtype=torch.float64)).tolist()
+    # numpy's partial sort, not torch.quantile's full sort of 2 million voxels (0.2 s on
+    # the README's CPU); both interpolate linearly, so the values are the same.
+    lo, hi = np.percentile(sample.double().numpy(), [lower, upper]).tolist()
     if hi <= lo:  # constant volume: avoid dividing by zero
         hi = lo + 1.0
     return float(lo), float(hi)
