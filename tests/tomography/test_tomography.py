@@ -25,6 +25,7 @@ from xray_seg.tomography.inference import (
     labels_of,
     segment_folder,
     segment_volume,
+    slab_depth_for,
     window_stride,
 )
 from xray_seg.tomography.transforms import LoadVolumed, RecordIntensityRanged, ScaleFromRanged, ZSlices, intensity_range
@@ -238,6 +239,9 @@ def test_auto_slab_depth_fills_the_voxel_budget_in_whole_window_steps() -> None:
     assert auto_slab_depth((9, 8192, 8192), 1000, 24) == 1
     with pytest.raises(ValueError):
         auto_slab_depth((9, 16, 16), 0)
+    bundle_like = SlidingWindowInferer(roi_size=(32, 96, 96), overlap=0.25)
+    assert slab_depth_for((512, 1024, 1024), bundle_like) == 144  # what segment_volume uses by default
+    assert slab_depth_for((512, 1024, 1024), bundle_like, slab_depth=7) == 7  # a given depth wins
 
 
 def test_default_slabs_follow_the_voxel_budget_with_the_same_labels(stack: Path, tmp_path: Path, monkeypatch) -> None:

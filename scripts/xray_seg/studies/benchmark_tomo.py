@@ -58,7 +58,7 @@ def segment(image: Path, out: Path, overrides: dict) -> dict:
     """Child process: segment ``image`` with the bundle's inference settings; timings and peak RSS."""
     from monai.bundle import ConfigParser
 
-    from xray_seg.tomography.inference import auto_slab_depth, segment_volume, window_stride
+    from xray_seg.tomography.inference import segment_volume, slab_depth_for
     from xray_seg.tomography.volume_io import SlabReader
 
     parser = ConfigParser()
@@ -72,7 +72,7 @@ def segment(image: Path, out: Path, overrides: dict) -> dict:
     inferer = parser.get_parsed_content("inferer")
     with SlabReader(image) as reader:
         shape = reader.shape
-    slab_depth = parser["slab_depth"] or auto_slab_depth(shape, parser["slab_voxels"], window_stride(inferer))
+    slab_depth = slab_depth_for(shape, inferer, parser["slab_depth"], parser["slab_voxels"])
     start = time.time()
     segment_volume(image, out, network, inferer, slab_depth=slab_depth, halo=parser["halo"])
     wall = time.time() - start

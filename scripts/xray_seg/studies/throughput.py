@@ -34,7 +34,7 @@ from monai.bundle import ConfigParser
 from xray_seg.shared.atomic import write_text
 from xray_seg.shared.machine import cpu_name, load_average
 from xray_seg.shared.paths import BUNDLES
-from xray_seg.tomography.inference import auto_slab_depth, window_stride
+from xray_seg.tomography.inference import slab_depth_for
 
 
 def _network(bundle: str, device: torch.device) -> tuple[torch.nn.Module, ConfigParser]:
@@ -128,9 +128,8 @@ def pipeline_3d(device: torch.device, amp: bool, shape: tuple[int, int, int], ro
     if not (root / "volumes_out" / "volume_seg.tif").is_file():
         raise RuntimeError("the 3D inference wrote no label volume")
     settings = {k: workflow.parser.get_parsed_content(k) for k in ("slab_depth", "slab_voxels", "halo")}
-    if settings["slab_depth"] is None:  # what the bundle chose for this volume
-        inferer = workflow.parser.get_parsed_content("inferer")
-        settings["slab_depth"] = auto_slab_depth(shape, settings["slab_voxels"], window_stride(inferer))
+    settings["slab_depth"] = slab_depth_for(shape, workflow.parser.get_parsed_content("inferer"), **{
+        k: settings[k] for k in ("slab_depth", "slab_voxels")})  # what the bundle chose for this volume
     return {"voxels_per_s": round(int(np.prod(shape)) / seconds), "shape_zyx": list(shape), **settings,
             "seconds": round(seconds, 2)}
 

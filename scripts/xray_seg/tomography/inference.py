@@ -104,6 +104,13 @@ def auto_slab_depth(shape_zyx: Sequence[int], slab_voxels: int = SLAB_VOXELS, st
     return depth - depth % stride if depth >= stride else depth
 
 
+def slab_depth_for(shape_zyx: Sequence[int], inferer: object, slab_depth: int | None = None,
+                   slab_voxels: int = SLAB_VOXELS) -> int:
+    """The slices per slab that ``segment_volume`` uses: ``slab_depth`` when given, else
+    as many as ``slab_voxels`` allows in whole window strides of ``inferer``."""
+    return slab_depth if slab_depth is not None else auto_slab_depth(shape_zyx, slab_voxels, window_stride(inferer))
+
+
 @torch.no_grad()
 def segment_volume(
     path: str | os.PathLike,
@@ -127,8 +134,7 @@ def segment_volume(
     network.eval()
     with SlabReader(path) as reader:
         depth = reader.meta.shape[0]
-        if slab_depth is None:
-            slab_depth = auto_slab_depth(reader.meta.shape, slab_voxels, window_stride(inferer))
+        slab_depth = slab_depth_for(reader.meta.shape, inferer, slab_depth, slab_voxels)
         lo, hi = volume_range(reader, lower, upper)
         starts = range(0, depth, slab_depth)
         with SlabWriter(out_path, reader.meta, dtype=np.uint8) as writer:
