@@ -29,10 +29,12 @@ from xray_seg.tomography.volume_io import read_volume
 # export fault gives (wrong weights, batch norm left in training mode, a dropped or
 # reordered layer: differences of 0.1 and more).
 TOL = 1e-4
-# Where float32 itself is coarser than TOL (cxr_anatomy on 512 x 512 JSRT images:
-# PyTorch's own float32 logits are 1.5e-4 from a float64 run, ONNX Runtime's 2.6e-4,
-# the two 2.2e-4 apart), an export may differ by up to this many times PyTorch's
-# float32 error on that input. Masks must still be identical.
+# Where float32 itself is coarser than TOL (cxr_anatomy on 512 x 512 JSRT images,
+# logits up to 33: PyTorch's own float32 logits are 1.5e-4 from a float64 run on the
+# Intel VM and 2.3e-4 on the AMD VM, ONNX Runtime's 2.6e-4 and 2.7e-4, the two 2.2e-4
+# and 4.8e-4 apart, with ONNX Runtime's graph optimisations on or off), an export may
+# differ by up to this many times PyTorch's float32 error on that input. Masks must
+# still be identical.
 F32_ERROR_FACTOR = 3
 
 # Shapes other than the export's example input (batch 2, the bundle's patch size):

@@ -80,6 +80,17 @@ def register(verbs: argparse._SubParsersAction) -> None:
     speed.add_argument("--volume", type=parse_size, default="256x256x256", help="3D volume size, XxYxZ")
     speed.set_defaults(run=benchmark_throughput)
 
+    gpu = kinds.add_parser(
+        "gpu", formatter_class=DEFAULTS, help="all GPU figures in one short run: inference, training, torchrun",
+        description="On a CUDA machine, in a few minutes: 2D and 3D inference throughput (network only, end to end, "
+                    "ratio) with and without AMP, training steps/s of each bundle, peak GPU memory, and with two "
+                    "GPUs a 2-process torchrun training against one. --device cpu runs the same code at small "
+                    "sizes (a check that it works, not GPU figures).",
+    )  # fmt: skip
+    gpu.add_argument("--output_file", type=Path, default=Path("runs/benchmark/gpu.json"), help="report to write")
+    gpu.add_argument("--device", default="cuda", help="cuda[:N], or cpu for a small check run")
+    gpu.set_defaults(run=benchmark_gpu)
+
     label = kinds.add_parser(
         "label", formatter_class=DEFAULTS, help="MONAI Label server: latency, fine-tune time, Dice before/after",
         description="The MONAI Label server on real data (its environment must be built: xray-seg label setup): "
@@ -176,6 +187,18 @@ def benchmark_throughput(args: argparse.Namespace) -> int:
     volume = parse_size(args.volume) if isinstance(args.volume, str) else args.volume
     report = throughput.benchmark(args.output_file, args.device, args.amp, args.n_images, volume, _command())
     print(throughput.table(report))
+    print(f"wrote {args.output_file}")
+    return 0
+
+
+def benchmark_gpu(args: argparse.Namespace) -> int:
+    from xray_seg.shared.inputs import device_problem
+    from xray_seg.studies import gpu_check
+
+    if problem := device_problem(args.device):
+        raise UserError(problem.replace("or leave --device out", "for a small check that this script works"))
+    report = gpu_check.benchmark(args.output_file, args.device, _command())
+    print(gpu_check.table(report))
     print(f"wrote {args.output_file}")
     return 0
 
