@@ -139,3 +139,15 @@ def test_2d_inference_writes_the_same_files_in_one_thread_and_in_several(bundle:
                               **{"handlers#1#threads": threads})
         outputs[threads] = {p.name: p.read_bytes() for p in sorted(out.iterdir())}
     assert len(outputs[1]) >= 7 and outputs[1] == outputs[3]  # masks of 6 inputs and qc.csv, byte for byte
+
+
+def test_postprocessing_threads_are_shared_among_the_processes_of_a_machine(monkeypatch) -> None:
+    import os
+
+    from xray_seg.shared.handlers import default_threads
+
+    cpus = len(os.sched_getaffinity(0))
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert default_threads() == cpus
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(2 * cpus))  # more processes than CPUs: still one thread each
+    assert default_threads() == 1
