@@ -32,11 +32,11 @@ import torch
 from ignite.engine import Events
 
 from xray_seg.shared.atomic import write_text
+from xray_seg.shared.export import BUNDLE_NAMES
 from xray_seg.shared.machine import cpu_name, load_average
 from xray_seg.shared.paths import BUNDLES
 from xray_seg.studies import throughput
 
-BUNDLE_NAMES = ("cxr_lungs", "cxr_anatomy", "xray_tomography")
 # Sizes of a --device cpu run: the code path of a GPU run, in seconds.
 SMALL = {"n_images": 4, "volume": (32, 64, 64), "train_steps": 3, "image_size": 64, "patch": [16, 32, 32]}
 FULL = {"n_images": 200, "volume": (256, 256, 256), "train_steps": 20}
@@ -84,7 +84,7 @@ def training_steps(bundle: str, device: torch.device, amp: bool, steps: int, sma
     stamps: list[float] = []
 
     def stamp(_) -> None:
-        throughput._sync(device)
+        throughput.sync(device)
         stamps.append(time.perf_counter())
 
     trainer.add_event_handler(Events.ITERATION_COMPLETED, stamp)
@@ -130,11 +130,9 @@ def measure(device: str = "cuda") -> dict:
         "cpu": cpu_name(), "device": str(dev), "torch": torch.__version__,
         "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
         "gpus": torch.cuda.device_count() if torch.cuda.is_available() else 0,
-        "load_average_before": load_average()}, "sizes": {k: v for k, v in sizes.items()}}
+        "load_average_before": load_average()}, "sizes": dict(sizes)}
     report["inference"] = {}
-    for amp in amps:
-        if dev.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(dev)
+    for amp in amps:  # each measure() resets and reports the peak GPU memory itself
         report["inference"]["amp" if amp else "fp32"] = throughput.measure(device, amp, sizes["n_images"],
                                                                           tuple(sizes["volume"]))
     report["training"] = {bundle: {("amp" if amp else "fp32"): training_steps(bundle, dev, amp, sizes["train_steps"],

@@ -47,7 +47,8 @@ def _network(bundle: str, device: torch.device) -> tuple[torch.nn.Module, Config
     return net.eval(), parser
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
+    """Wait for the GPU's queued work before a clock is read (nothing on the CPU)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -58,11 +59,11 @@ def network_2d(device: torch.device, amp: bool, batches: int = 20, batch: int = 
     with torch.no_grad(), torch.autocast(device.type, enabled=amp):
         for _ in range(3):
             net(x)
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         for _ in range(batches):
             net(x)
-        _sync(device)
+        sync(device)
     seconds = time.perf_counter() - start
     return {"images_per_s": round(batches * batch / seconds, 2), "batch": batch, "window": [size, size]}
 
@@ -82,7 +83,7 @@ def pipeline_2d(device: torch.device, amp: bool, n_images: int, root: Path) -> d
     )  # fmt: skip
     workflow.initialize()
     workflow.run()
-    _sync(device)
+    sync(device)
     seconds = time.perf_counter() - start
     written = len(list((root / "out").glob("*_seg.png")))
     if written != n_images:
@@ -98,10 +99,10 @@ def network_3d(device: torch.device, amp: bool, shape: tuple[int, int, int]) -> 
     volume = torch.rand(1, 1, *shape)
     with torch.no_grad(), torch.autocast(device.type, enabled=amp):
         inferer(volume[..., :32, :96, :96], net)  # warm-up
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         inferer(volume, net)
-        _sync(device)
+        sync(device)
     seconds = time.perf_counter() - start
     return {"voxels_per_s": round(volume.numel() / seconds), "shape_zyx": list(shape), "seconds": round(seconds, 2)}
 
@@ -123,7 +124,7 @@ def pipeline_3d(device: torch.device, amp: bool, shape: tuple[int, int, int], ro
     workflow.initialize()
     with torch.autocast(device.type, enabled=amp):
         workflow.run()
-    _sync(device)
+    sync(device)
     seconds = time.perf_counter() - start
     if not (root / "volumes_out" / "volume_seg.tif").is_file():
         raise RuntimeError("the 3D inference wrote no label volume")
