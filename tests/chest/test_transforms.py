@@ -533,7 +533,8 @@ def test_numpy_percentiles_scale_like_monai() -> None:
     assert torch.allclose(torch.as_tensor(ours["image"]), torch.as_tensor(theirs["image"]), atol=1e-6)
 
 
-def test_numpy_argmax_labels_like_monai_ties_included() -> None:
+@pytest.mark.parametrize("settings", [{}, {"to_onehot": 3}, {"keepdim": False}, {"dtype": torch.uint8}])
+def test_numpy_argmax_labels_like_monai_ties_included(settings) -> None:
     from monai.data import MetaTensor
     from monai.transforms import AsDiscreted as Monai
 
@@ -541,7 +542,9 @@ def test_numpy_argmax_labels_like_monai_ties_included() -> None:
 
     scores = torch.from_numpy(np.random.default_rng(1).integers(0, 3, (3, 40, 30)).astype(np.float32))  # many ties
     pred = MetaTensor(scores, meta={"filename_or_obj": "x.png"})
-    ours, theirs = AsDiscreted(keys="pred", argmax=True)({"pred": pred}), Monai(keys="pred", argmax=True)({"pred": pred})
-    assert torch.equal(torch.as_tensor(ours["pred"]), torch.as_tensor(theirs["pred"]))
-    assert ours["pred"].dtype == theirs["pred"].dtype and ours["pred"].shape == (1, 40, 30)
-    assert ours["pred"].meta["filename_or_obj"] == "x.png"
+    ours = AsDiscreted(keys="pred", argmax=True, **settings)({"pred": pred})["pred"]
+    theirs = Monai(keys="pred", argmax=True, **settings)({"pred": pred})["pred"]
+    assert type(ours) is type(theirs) is MetaTensor
+    assert torch.equal(ours.as_tensor(), theirs.as_tensor())
+    assert ours.dtype == theirs.dtype and ours.shape == theirs.shape
+    assert ours.meta["filename_or_obj"] == "x.png" and torch.equal(ours.affine, theirs.affine)

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 from monai.config import KeysCollection
+from monai.data import MetaTensor
 from monai.transforms import MapTransform
 from scipy import ndimage as ndi
 from skimage.filters import threshold_multiotsu
@@ -239,8 +240,11 @@ class SelectLungsd(MapTransform):
                 raise ValueError(f"{self.image_key} {plane.shape} and {key} {labels.shape} differ in size")
             sides, record = select_lungs(labels, body)
             if isinstance(pred, torch.Tensor):
-                pred = pred.clone()
-                pred[:] = torch.as_tensor(sides[None] > 0, device=pred.device).to(pred.dtype)
+                kept = torch.from_numpy(sides[None] > 0).to(device=pred.device, dtype=pred.dtype)
+                # A new MetaTensor with the prediction's metadata: MetaTensor.clone() deep-copies it
+                # and every in-place write goes through its bookkeeping, which holds the GIL.
+                pred = MetaTensor(kept, meta=dict(pred.meta), applied_operations=list(pred.applied_operations)) \
+                    if isinstance(pred, MetaTensor) else kept
             else:
                 pred = (sides[None] > 0).astype(np.asarray(pred).dtype)
             d[key] = pred
@@ -252,7 +256,7 @@ class SelectLungsd(MapTransform):
 
 def _plane(x: torch.Tensor | np.ndarray) -> np.ndarray:
     """(1, W, H) tensor or array -> (W, H) numpy array."""
-    arr = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    arr = x.as_subclass(torch.Tensor).detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
     if arr.ndim != 3 or arr.shape[0] != 1:
         raise ValueError(f"expected a (1, W, H) plane, got shape {arr.shape}")
     return arr[0]

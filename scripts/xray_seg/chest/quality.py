@@ -124,7 +124,7 @@ class Uncertaintyd(MapTransform):
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
         d = dict(data)
         for key in self.key_iterator(d):
-            probs = torch.as_tensor(d[key]).detach()
+            probs = torch.as_tensor(d[key]).as_subclass(torch.Tensor).detach()  # no MetaTensor bookkeeping
             step = qc_stride(probs.shape)
             p = probs[..., ::step, ::step].float().clamp(1e-6, 1 - 1e-6)
             if self.activation == "softmax":

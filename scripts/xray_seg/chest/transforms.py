@@ -111,8 +111,14 @@ class _NumpyArgmax(AsDiscrete):
         argmax = self.argmax if argmax is None else argmax
         if argmax and isinstance(img, torch.Tensor) and img.device.type == "cpu":
             dim, keepdim = self.kwargs.get("dim", 0), self.kwargs.get("keepdim", True)
-            labels = torch.from_numpy(first_argmax(img.detach().cpu().numpy(), axis=dim))
+            labels = torch.from_numpy(first_argmax(img.as_subclass(torch.Tensor).detach().numpy(), axis=dim))
             labels = labels.unsqueeze(dim) if keepdim else labels
+            if all(x is None for x in (self.to_onehot if to_onehot is None else to_onehot,
+                                       self.threshold if threshold is None else threshold,
+                                       self.rounding if rounding is None else rounding)):
+                # Nothing else to do: MONAI's last step only (the labels in img's type, with its
+                # metadata), without a second pass through MetaTensor conversions.
+                return convert_to_dst_type(labels, img, dtype=self.kwargs.get("dtype", torch.float))[0]
             img, argmax = convert_to_dst_type(labels, img, dtype=labels.dtype)[0], False
         return super().__call__(img, argmax, to_onehot, threshold, rounding)
 
