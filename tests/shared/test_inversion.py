@@ -93,3 +93,13 @@ def test_refuses_an_operation_it_does_not_undo(tmp_path) -> None:
 def test_refuses_an_image_without_a_record() -> None:
     with pytest.raises(ValueError, match="carries no transform record"):
         InvertSpatiald(keys="pred")({"image": torch.zeros(1, 8, 8), "pred": torch.zeros(2, 8, 8)})
+
+
+def test_refuses_a_resize_that_added_dimensions() -> None:
+    from monai.transforms import Resized
+
+    item = Resized(keys="image", spatial_size=(4, 4, 1))({"image": MetaTensor(torch.rand(1, 8, 8))})
+    assert item["image"].applied_operations[-1]["extra_info"]["new_dim"] == 1
+    item["pred"] = MetaTensor(torch.rand(2, 4, 4, 1))
+    with pytest.raises(ValueError, match="added spatial dimensions; use Invertd"):
+        InvertSpatiald(keys="pred")(item)

@@ -81,6 +81,8 @@ def _undo(x: torch.Tensor, op: Mapping) -> torch.Tensor:
         if any(padded[0]):
             raise ValueError("InvertSpatiald: the channels were padded; use Invertd")
         return x[(slice(None),) + tuple(slice(a, n - b) for n, (a, b) in zip(x.shape[1:], padded[1:]))]
+    if info.get("new_dim", 0):  # Resize added trailing spatial dimensions that Invertd would squeeze
+        raise ValueError("InvertSpatiald: the resize added spatial dimensions; use Invertd")
     size = tuple(int(n) for n in op[TraceKeys.ORIG_SIZE])
     dtype = getattr(torch, info["dtype"])
     if tuple(x.shape[1:]) == size:
