@@ -30,13 +30,10 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.data.utils import affine_to_spacing, to_affine_nd
 from monai.transforms import MapTransform
-from monai.transforms.utils import create_translate, scale_affine
-from monai.utils import MetaKeys, TraceKeys, look_up_option
+from monai.transforms.utils import create_translate, resolves_modes, scale_affine
+from monai.utils import MetaKeys, TraceKeys
 
 UNDONE = ("SpatialPad", "Resize")
-# MONAI's names for the 2D modes of its Resize -> torch's interpolate modes (2D only here).
-_TORCH_MODES = {"nearest": "nearest", "nearest-exact": "nearest-exact", "linear": "bilinear",
-                "bilinear": "bilinear", "bicubic": "bicubic", "area": "area"}
 
 
 class InvertSpatiald(MapTransform):
@@ -88,7 +85,7 @@ def _undo(x: torch.Tensor, op: Mapping) -> torch.Tensor:
     if tuple(x.shape[1:]) == size:
         return x.to(torch.float32)
     align = None if info["align_corners"] == TraceKeys.NONE else info["align_corners"]
-    mode = look_up_option(str(info["mode"]), _TORCH_MODES)
+    _, mode, _, _ = resolves_modes(info["mode"], torch_interpolate_spatial_nd=x.ndim - 1)  # as MONAI's resize
     resized = torch.nn.functional.interpolate(x.to(dtype).unsqueeze(0), size=size, mode=mode, align_corners=align)
     return resized.squeeze(0).to(torch.float32)
 
