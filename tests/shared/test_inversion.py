@@ -103,3 +103,18 @@ def test_refuses_a_resize_that_added_dimensions() -> None:
     item["pred"] = MetaTensor(torch.rand(2, 4, 4, 1))
     with pytest.raises(ValueError, match="added spatial dimensions; use Invertd"):
         InvertSpatiald(keys="pred")(item)
+
+
+def test_refuses_padded_channels_before_changing_anything() -> None:
+    """MONAI's SpatialPad never pads channels; a record that says it did (edited, or from
+    another transform under that name) is refused rather than cropped wrongly."""
+    from monai.transforms import SpatialPadd
+
+    item = SpatialPadd(keys="image", spatial_size=(12, 12))({"image": MetaTensor(torch.rand(1, 8, 8))})
+    record = item["image"].applied_operations[-1]
+    record["extra_info"]["padded"] = ((1, 0), *record["extra_info"]["padded"][1:])
+    item["pred"] = MetaTensor(torch.rand(2, 12, 12))
+    before = item["pred"].clone()
+    with pytest.raises(ValueError, match="the channels were padded; use Invertd"):
+        InvertSpatiald(keys="pred")(item)
+    assert torch.equal(item["pred"], before)

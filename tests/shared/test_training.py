@@ -1,6 +1,6 @@
 """xray_seg.shared.training and runs: run folders, resume with changed settings, the best
-model kept across a resume, a validation after the last epoch, and where each bundle's
-training writes by default."""
+model kept across a resume, a validation after the last epoch, initial weights for
+fine-tuning, and where each bundle's training writes by default."""
 
 from __future__ import annotations
 
@@ -45,15 +45,19 @@ class Crash(RuntimeError):
 
 def training(run_dir: Path, scores: dict[int, float], max_epochs: int, crash_after: int | None = None,
              val_interval: int = 1, settings: dict | None = None,
-             resume: bool = True) -> tuple[torch.nn.Linear, ScriptedValidator]:
+             resume: bool = True, init_weights: str | None = None,
+             seen: list[float] | None = None) -> tuple[torch.nn.Linear, ScriptedValidator]:
     """A tiny run whose network weight equals the epoch it was trained in, so the best
-    model file tells which epoch it came from."""
+    model file tells which epoch it came from. ``seen`` collects the weight each epoch
+    starts from."""
     torch.manual_seed(0)
     net = torch.nn.Linear(1, 1, bias=False)
     optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max_epochs)
 
     def step(engine: Engine, batch: int) -> None:
+        if seen is not None and engine.state.iteration % 2 == 1:  # the epoch's first of two iterations
+            seen.append(net.weight.item())
         net.weight.data.fill_(float(engine.state.epoch))
 
     trainer, validator = Engine(step), ScriptedValidator(scores)
@@ -64,7 +68,7 @@ def training(run_dir: Path, scores: dict[int, float], max_epochs: int, crash_aft
             validator.run(engine.state.epoch)
 
     TrainingRun(str(run_dir), net, optimizer, scheduler, settings or {"num_epochs": max_epochs},
-                resume=resume, early_stop_patience=10).attach(trainer, validator)
+                resume=resume, early_stop_patience=10, init_weights=init_weights).attach(trainer, validator)
     if crash_after is not None:
         @trainer.on(Events.EPOCH_COMPLETED(once=crash_after))
         def crash(engine: Engine) -> None:  # after the resume checkpoint: a kill at the epoch's end
@@ -119,6 +123,53 @@ def test_a_run_ends_with_a_validation_whatever_the_interval(tmp_path: Path) -> N
     _, validator = training(tmp_path, {1: 0.1, 2: 0.2, 3: 0.3}, max_epochs=3, val_interval=2)
     assert validator.validated == [2, 3]
     assert best_epoch(tmp_path) == 3.0
+
+
+def test_training_starts_from_the_initial_weights_and_a_resume_wins(tmp_path: Path) -> None:
+    init = tmp_path / "pretrained.pt"
+    torch.save({"model": {"weight": torch.tensor([[42.0]])}}, init)  # as MONAI's CheckpointSaver writes one model
+    run, scores = tmp_path / "run", {1: 0.5, 2: 0.6, 3: 0.7}
+    seen: list[float] = []
+    training(run, scores, max_epochs=3, crash_after=1, init_weights=str(init), seen=seen)
+    assert seen == [42.0]  # epoch 1 started from the given weights, not the seeded random ones
+    seen.clear()
+    training(run, scores, max_epochs=3, init_weights=str(init), seen=seen)
+    assert seen == [1.0, 2.0]  # resumed after epoch 1 from its checkpoint, not from init_weights again
+
+
+@pytest.mark.parametrize("content,problem", [
+    (None, "not found"),
+    (b"not a checkpoint", "cannot be read"),
+    ({"weight": torch.zeros(2, 2)}, "weight has shape (2, 2), the network needs (1, 1)"),
+    ({"model": {"conv.weight": torch.zeros(1)}}, "1 of the network's tensors missing, 1 unknown ones"),
+])
+def test_unusable_initial_weights_are_refused_before_anything_is_written(
+        tmp_path: Path, capsys: pytest.CaptureFixture, content: object, problem: str) -> None:
+    init = tmp_path / "init.pt"
+    if isinstance(content, bytes):
+        init.write_bytes(content)
+    elif content is not None:
+        torch.save(content, init)
+    with pytest.raises(SystemExit) as exit_info:
+        training(tmp_path / "run", {1: 0.5}, max_epochs=1, init_weights=str(init))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ERROR: ") and err.count("\n") == 1, err
+    assert str(init) in err and "init_weights" in err and problem in err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("bundle", BUNDLE_NAMES)
+def test_every_bundle_can_fine_tune_from_given_weights(bundle: str, tmp_path: Path) -> None:
+    """`--init_weights` reaches the training run, and a resume must keep it."""
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLES / bundle / "configs" / "train.yaml"))
+    parser["bundle_root"] = str(BUNDLES / bundle)
+    parser["device"] = "$torch.device('cpu')"
+    parser["init_weights"] = str(tmp_path / "pretrained.pt")
+    run = parser.get_parsed_content("training_run")
+    assert run.init_weights == str(tmp_path / "pretrained.pt")
+    assert run.full_settings()["init_weights"] == str((tmp_path / "pretrained.pt").resolve())
 
 
 def test_evaluation_finds_the_curves_of_the_models_own_run(tmp_path: Path) -> None:

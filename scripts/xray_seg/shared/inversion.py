@@ -58,9 +58,7 @@ class InvertSpatiald(MapTransform):
             raise ValueError("InvertSpatiald: the preprocessing left lazy (pending) operations; use Invertd")
         operations = list(reversed(image.applied_operations))
         for op in operations:
-            if op[TraceKeys.CLASS_NAME] not in UNDONE:
-                raise ValueError(f"InvertSpatiald undoes {' and '.join(UNDONE)} only, "
-                                 f"and the preprocessing applied {op[TraceKeys.CLASS_NAME]}: use Invertd")
+            _check(op)
         meta = _inverted_meta(image, operations)
         for key in self.key_iterator(d):
             x = d[key]
@@ -71,15 +69,23 @@ class InvertSpatiald(MapTransform):
         return d
 
 
+def _check(op: Mapping) -> None:
+    """Refuse, before anything is changed, what the two inverses below do not cover."""
+    name, info = op[TraceKeys.CLASS_NAME], op[TraceKeys.EXTRA_INFO]
+    if name not in UNDONE:
+        raise ValueError(f"InvertSpatiald undoes {' and '.join(UNDONE)} only, "
+                         f"and the preprocessing applied {name}: use Invertd")
+    if name == "SpatialPad" and any(info["padded"][0]):
+        raise ValueError("InvertSpatiald: the channels were padded; use Invertd")
+    if name == "Resize" and info.get("new_dim", 0):  # trailing spatial dimensions that Invertd would squeeze
+        raise ValueError("InvertSpatiald: the resize added spatial dimensions; use Invertd")
+
+
 def _undo(x: torch.Tensor, op: Mapping) -> torch.Tensor:
     info = op[TraceKeys.EXTRA_INFO]
     if op[TraceKeys.CLASS_NAME] == "SpatialPad":
         padded = info["padded"]
-        if any(padded[0]):
-            raise ValueError("InvertSpatiald: the channels were padded; use Invertd")
         return x[(slice(None),) + tuple(slice(a, n - b) for n, (a, b) in zip(x.shape[1:], padded[1:]))]
-    if info.get("new_dim", 0):  # Resize added trailing spatial dimensions that Invertd would squeeze
-        raise ValueError("InvertSpatiald: the resize added spatial dimensions; use Invertd")
     size = tuple(int(n) for n in op[TraceKeys.ORIG_SIZE])
     dtype = getattr(torch, info["dtype"])
     if tuple(x.shape[1:]) == size:

@@ -102,6 +102,8 @@ class TrainingRun:
         if self.ckpt_dir.exists() and not self.ckpt_dir.is_dir():
             raise UserError(f"{self.ckpt_dir}: checkpoint folder is a file")
         resume_from = latest_checkpoint(str(self.run_dir)) if self.resume else None
+        if self.init_weights and resume_from is None:
+            self._check_init_weights()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         rank0 = idist.get_rank() == 0  # checkpoints and run.json: rank 0 of a distributed run writes
         runs.record_settings(str(self.run_dir), self.full_settings(), resuming=resume_from is not None, write=rank0)
@@ -135,8 +137,6 @@ class TrainingRun:
             PruneOlderCheckpoints(str(self.run_dir), prefix=RESUME).attach(trainer)
 
         if self.init_weights and resume_from is None:
-            if not Path(self.init_weights).is_file():
-                raise UserError(f"{self.init_weights}: initial weights (init_weights) not found")
             CheckpointLoader(self.init_weights, {"model": self.network}, map_location=self.device).attach(trainer)
         if resume_from is not None:
             logger.info("resuming %s from %s", self.run_dir, resume_from)
@@ -147,6 +147,29 @@ class TrainingRun:
         if self.time_limit_s is not None:
             trainer.add_event_handler(Events.ITERATION_COMPLETED, TimeLimit(self.time_limit_s))
         trainer.add_event_handler(Events.COMPLETED, lambda engine: self._validate_last_epoch(engine, evaluator))
+
+    def _check_init_weights(self) -> None:
+        """One ``ERROR:`` line, before the run folder is made, for initial weights that are
+        missing, unreadable or of another network; MONAI's loader would otherwise fail with a
+        traceback once training has started."""
+        path = self.init_weights
+        if not Path(path).is_file():
+            raise UserError(f"{path}: initial weights (init_weights) not found")
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # pickle, zip and weights_only refusals all land here
+            raise UserError(f"{path}: initial weights (init_weights) cannot be read as a weights-only "
+                            f"checkpoint ({type(error).__name__})") from None
+        if isinstance(saved, dict) and set(saved) == {"model"}:  # {"model": state}, as MONAI's loader accepts
+            saved = saved["model"]
+        got = {k: tuple(v.shape) for k, v in saved.items() if isinstance(v, torch.Tensor)} if isinstance(saved, dict) else {}
+        expected = {k: tuple(v.shape) for k, v in self.network.state_dict().items()}
+        if got != expected:
+            wrong = sorted(k for k in expected if k in got and got[k] != expected[k])
+            detail = (f"{wrong[0]} has shape {got[wrong[0]]}, the network needs {expected[wrong[0]]}" if wrong else
+                      f"{len(set(expected) - set(got))} of the network's tensors missing, "
+                      f"{len(set(got) - set(expected))} unknown ones")
+            raise UserError(f"{path}: initial weights (init_weights) do not fit this bundle's network: {detail}")
 
     @staticmethod
     def _validate_last_epoch(trainer: Engine, evaluator: Engine) -> None:
