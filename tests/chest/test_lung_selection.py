@@ -174,3 +174,61 @@ def test_air_beside_real_bodies_larger_than_a_lung_goes_and_both_lungs_stay(data
 def _plane_of(path: Path) -> np.ndarray:
     with Image.open(path) as im:
         return np.asarray(im.convert("L"), dtype=np.float32).T
+
+
+def framed_radiograph() -> np.ndarray:
+    """The radiograph inside a bright film frame running down both edges (as on
+    MCUCXR_0080_0): every row then spans from frame to frame, so the body mask takes the
+    dark air between frame and body for body."""
+    image = radiograph()
+    image[2:6] = image[-6:-2] = 0.9
+    return image
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_air_inside_a_film_frame_gives_way_to_the_darker_sides_lung(side: str) -> None:
+    right, left = ellipse(RIGHT_C), ellipse(LEFT_C)
+    air = np.zeros((W, H), bool)
+    if side == "right":  # the patient's right: the image's left
+        air[8:36, 20:230] = True
+    else:
+        air[W - 36 : W - 8, 20:230] = True
+    lung = right if side == "right" else left
+    assert air.sum() > lung.sum()
+    image = framed_radiograph()
+    body = body_mask(image)
+    assert body is not None and body[air].all()  # the frame fools the body mask: the air is "inside"
+    kept, record = select_lungs(right | left | air, body, image)
+    np.testing.assert_array_equal(kept == RIGHT, right)
+    np.testing.assert_array_equal(kept == LEFT, left)
+    assert record.removed_fraction == pytest.approx(air.sum() / (right | left | air).sum())
+    # Without the image (sizes alone) the larger air region would have won its side.
+    kept_by_size, _ = select_lungs(right | left | air, body)
+    np.testing.assert_array_equal(kept_by_size > 0, air | (left if side == "right" else right))
+
+
+def test_a_lateral_region_brighter_than_the_lung_is_not_taken_for_air() -> None:
+    """Only a darker lateral region gives way: a lateral region at least as bright stays the
+    largest, as before."""
+    right, left = ellipse(RIGHT_C), ellipse(LEFT_C)
+    lateral = np.zeros((W, H), bool)
+    lateral[8:36, 20:230] = True
+    image = framed_radiograph()
+    image[lateral] = 0.5  # brighter than the lungs (0.35)
+    kept, _ = select_lungs(right | left | lateral, body_mask(image), image)
+    np.testing.assert_array_equal(kept > 0, lateral | left)
+
+
+def test_a_lung_split_by_an_opacity_keeps_its_larger_part() -> None:
+    """Upper and lower parts of one lung share most of their columns: they lie one above the
+    other, not side by side, so the larger part stays even when the other, a little
+    more medial, is brighter."""
+    right, left = ellipse(RIGHT_C), ellipse(LEFT_C)
+    upper = right.copy()
+    upper[:, 120:] = False
+    lower = ellipse((RIGHT_C[0] + 8, 160), (20, 25))
+    assert not (upper & lower).any() and upper.sum() > lower.sum()
+    image = radiograph()
+    image[lower] = 0.45
+    kept, _ = select_lungs(upper | lower | left, body_mask(image), image)
+    np.testing.assert_array_equal(kept > 0, upper | left)

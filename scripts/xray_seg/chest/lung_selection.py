@@ -10,7 +10,11 @@ lung. Here the lungs are chosen with what is known of a frontal chest radiograph
   the air beside the body is not: ``body_mask``; a lung lies inside it;
 - the body's midline separates the patient's right lung (image left, small x in
   MONAI's (W, H) layout) from the left lung;
-- each side keeps its largest lung component; everything else is a false positive.
+- each side keeps its largest lung component, unless that one lies wholly lateral to
+  another lung-sized component of the same side and is darker than it: then it is
+  the air beside the body (inside a bright film frame the body mask cannot tell),
+  and the lung is the medial one, next to the mediastinum;
+- everything else is a false positive.
 
 What was removed is recorded (``LungSelection``) for the quality check
 (``xray_seg.chest.quality``). Arrays are indexed [x, y] as MONAI's ``PILReader``
@@ -54,6 +58,10 @@ MIN_CLIPPED_AREA = 0.01
 MERGED_SHARE = 0.2
 # Values of the side map that ``select_lungs`` returns.
 RIGHT, LEFT = 1, 2
+# Two components of one side whose column ranges overlap by at most this share of the
+# narrower one lie side by side (lateral and medial), not one above the other (a lung
+# split by an opacity).
+MAX_SIDE_BY_SIDE_OVERLAP = 0.2
 # 8-connectivity, as MONAI's KeepLargestConnectedComponent uses by default (connectivity=None).
 _STRUCTURE = np.ones((3, 3), bool)
 
@@ -135,13 +143,16 @@ def _disk(radius: int) -> np.ndarray:
     return x * x + y * y <= radius * radius
 
 
-def select_lungs(mask: np.ndarray, body: np.ndarray | None) -> tuple[np.ndarray, LungSelection]:
+def select_lungs(mask: np.ndarray, body: np.ndarray | None,
+                 image: np.ndarray | None = None) -> tuple[np.ndarray, LungSelection]:
     """(W, H) binary lung mask and body mask (``body_mask`` of the image) -> (sides, what was done).
 
     Components partly outside the body are cut back to their largest part inside it (a
     lung joined to the air beside the body), or dropped when that part is not lung-sized
     (the air alone); of the rest, each side of the
-    midline keeps its largest (a component's side is that of its centroid). Without
+    midline keeps its largest (a component's side is that of its centroid). With the
+    ``image``, a largest component that lies wholly lateral to another lung-sized one of
+    its side and is darker than it gives way to that one (``_medial_lung``). Without
     a body (None), every component counts as inside and the midline is the image's centre.
     ``sides`` is a uint8 (W, H) map: 0 removed or background, ``RIGHT`` the lung kept on
     the image's left (the patient's right), ``LEFT`` the one on the image's right;
@@ -185,6 +196,9 @@ def select_lungs(mask: np.ndarray, body: np.ndarray | None) -> tuple[np.ndarray,
             candidates = np.flatnonzero(side & ~outside)
             if candidates.size:
                 best = candidates[np.argmax(sizes[candidates])]
+                if image is not None and candidates.size > 1:
+                    big = candidates[sizes[candidates] >= MIN_CLIPPED_AREA * mask.size]
+                    best = _medial_lung(best, big, boxes, pieces, sizes, image, medial_is_up=value == RIGHT)
                 box, piece = boxes[best], pieces[best]
                 sides[box][piece] = value
                 split = max(0, math.ceil(midline) - box[0].start)
@@ -202,6 +216,33 @@ def select_lungs(mask: np.ndarray, body: np.ndarray | None) -> tuple[np.ndarray,
         merged=merged,
     )
     return sides, record
+
+
+def _medial_lung(best: int, others: np.ndarray, boxes: list, pieces: list, sizes: np.ndarray,
+                 image: np.ndarray, medial_is_up: bool) -> int:
+    """``best``, or the largest of the lung-sized ``others`` that lies medial to it, side by
+    side, and is brighter: then ``best`` is the air beside the body, the darkest thing on a
+    radiograph, which has no ribs or vessels over it. ``medial_is_up``: the midline is at
+    larger x (the image's left side, the patient's right lung)."""
+    def columns(i: int) -> tuple[int, int]:
+        xs = np.flatnonzero(pieces[i].any(axis=1)) + boxes[i][0].start
+        return int(xs[0]), int(xs[-1])
+
+    def median(i: int) -> float:
+        return float(np.median(image[boxes[i]][pieces[i]]))
+
+    b0, b1 = columns(best)
+    chosen = best
+    for i in others:
+        if i == best:
+            continue
+        c0, c1 = columns(i)
+        medial = c0 > b0 and c1 > b1 if medial_is_up else c0 < b0 and c1 < b1
+        overlap = max(0, min(b1, c1) - max(b0, c0) + 1) / min(b1 - b0 + 1, c1 - c0 + 1)
+        if medial and overlap <= MAX_SIDE_BY_SIDE_OVERLAP and (chosen == best or sizes[i] > sizes[chosen]) \
+                and median(i) > median(best):
+            chosen = i
+    return chosen
 
 
 class SelectLungsd(MapTransform):
@@ -238,7 +279,7 @@ class SelectLungsd(MapTransform):
             labels = _plane(pred)
             if plane is not None and plane.shape != labels.shape:
                 raise ValueError(f"{self.image_key} {plane.shape} and {key} {labels.shape} differ in size")
-            sides, record = select_lungs(labels, body)
+            sides, record = select_lungs(labels, body, plane)
             if isinstance(pred, torch.Tensor):
                 kept = torch.from_numpy(sides[None] > 0).to(device=pred.device, dtype=pred.dtype)
                 # A new MetaTensor with the prediction's metadata: MetaTensor.clone() deep-copies it
