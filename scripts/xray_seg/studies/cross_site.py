@@ -10,9 +10,11 @@ inference) on every site of the multi-site manifest:
 - a site it was not trained on: every case of that site (all splits; the model
   never saw any of them), which is leave-one-site-out testing.
 
-The defaults are the shipped multi-site model and the two leave-one-site-out models
-trained with ``xray-seg train --bundle cxr_lungs --sites "['montgomery']" --run_name
-loso_montgomery`` (and ``jsrt``). Per model and site: mean, median and minimum
+The defaults are the shipped multi-site model and the two leave-one-site-out models,
+trained in the shipped model's two stages: ``xray-seg train --bundle cxr_lungs --sites
+"['montgomery']" --run_name loso_montgomery_s1``, then the same with ``--run_name
+loso_montgomery --init_weights runs/cxr_lungs/loso_montgomery_s1/model.pt
+--learning_rate 0.0003`` (and ``jsrt``). Per model and site: mean, median and minimum
 Dice, HD95, cases below 0.90 and 0.85, and how well the quality flag finds the bad
 masks (of the masks below 0.85 Dice, the share flagged; of those above 0.95, the
 share flagged; AUROC of ``1 - qc_score`` for masks below 0.85 and below 0.90). Writes
@@ -189,7 +191,9 @@ def cross_site_report(models: list[Model], output_dir: Path, data_dir: Path = DA
         raise UserError(
             "; ".join(f"{m.checkpoint}: no checkpoint for model {m.name}" for m in missing)
             + ". Train the leave-one-site-out models first: xray-seg train --bundle cxr_lungs "
-            "--sites \"['montgomery']\" --run_name loso_montgomery (and jsrt / loso_jsrt)"
+            "--sites \"['montgomery']\" --run_name loso_montgomery_s1, then the same with --run_name "
+            "loso_montgomery --init_weights runs/cxr_lungs/loso_montgomery_s1/model.pt --learning_rate 0.0003 "
+            "(and jsrt / loso_jsrt); see bundle/cxr_lungs/docs/README.md"
         )
     sites = json.loads(Path(manifest).read_text())["sites"]
     output_dir.mkdir(parents=True, exist_ok=True)
