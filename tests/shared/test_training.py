@@ -45,11 +45,12 @@ class Crash(RuntimeError):
 
 def training(run_dir: Path, scores: dict[int, float], max_epochs: int, crash_after: int | None = None,
              val_interval: int = 1, settings: dict | None = None,
-             resume: bool = True, init_weights: str | None = None,
-             seen: list[float] | None = None) -> tuple[torch.nn.Linear, ScriptedValidator]:
+             resume: bool = True, init_weights: str | None = None, seen: list[float] | None = None,
+             wrap: bool = False) -> tuple[torch.nn.Linear, ScriptedValidator]:
     """A tiny run whose network weight equals the epoch it was trained in, so the best
     model file tells which epoch it came from. ``seen`` collects the weight each epoch
-    starts from."""
+    starts from. ``wrap``: the run sees the network inside ``DataParallel``, as a torchrun
+    run sees it inside ``DistributedDataParallel``."""
     torch.manual_seed(0)
     net = torch.nn.Linear(1, 1, bias=False)
     optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
@@ -67,7 +68,7 @@ def training(run_dir: Path, scores: dict[int, float], max_epochs: int, crash_aft
         if engine.state.epoch % val_interval == 0:
             validator.run(engine.state.epoch)
 
-    TrainingRun(str(run_dir), net, optimizer, scheduler, settings or {"num_epochs": max_epochs},
+    TrainingRun(str(run_dir), torch.nn.DataParallel(net) if wrap else net, optimizer, scheduler, settings or {"num_epochs": max_epochs},
                 resume=resume, early_stop_patience=10, init_weights=init_weights).attach(trainer, validator)
     if crash_after is not None:
         @trainer.on(Events.EPOCH_COMPLETED(once=crash_after))
@@ -135,6 +136,18 @@ def test_training_starts_from_the_initial_weights_and_a_resume_wins(tmp_path: Pa
     seen.clear()
     training(run, scores, max_epochs=3, init_weights=str(init), seen=seen)
     assert seen == [1.0, 2.0]  # resumed after epoch 1 from its checkpoint, not from init_weights again
+
+
+def test_a_wrapped_network_fine_tunes_from_the_plain_weights_runs_save(tmp_path: Path) -> None:
+    """Under torchrun the network is wrapped in DistributedDataParallel; the weights file of
+    a run (or the shipped model) holds the inner module's keys, without "module.", and is
+    accepted and loaded into it."""
+    init = tmp_path / "pretrained.pt"
+    torch.save({"weight": torch.tensor([[42.0]])}, init)
+    seen: list[float] = []
+    training(tmp_path / "run", {1: 0.5}, max_epochs=1, init_weights=str(init), seen=seen, wrap=True)
+    assert seen == [42.0]
+    assert list(torch.load(tmp_path / "run" / BEST_MODEL, weights_only=True)) == ["weight"]
 
 
 @pytest.mark.parametrize("content,problem", [

@@ -10,8 +10,9 @@ lung. Here the lungs are chosen with what is known of a frontal chest radiograph
   the air beside the body is not: ``body_mask``; a lung lies inside it;
 - the body's midline separates the patient's right lung (image left, small x in
   MONAI's (W, H) layout) from the left lung;
-- each side keeps its largest lung component, unless that one lies wholly lateral to
-  another lung-sized component of the same side and is darker than it: then it is
+- each side keeps its largest lung component, unless that one lies lateral to and
+  beside another lung-sized component of the same side (their columns overlap by at
+  most ``MAX_SIDE_BY_SIDE_OVERLAP``) and is darker than it: then it is
   the air beside the body (inside a bright film frame the body mask cannot tell),
   and the lung is the medial one, next to the mediastinum;
 - everything else is a false positive.
@@ -151,8 +152,8 @@ def select_lungs(mask: np.ndarray, body: np.ndarray | None,
     lung joined to the air beside the body), or dropped when that part is not lung-sized
     (the air alone); of the rest, each side of the
     midline keeps its largest (a component's side is that of its centroid). With the
-    ``image``, a largest component that lies wholly lateral to another lung-sized one of
-    its side and is darker than it gives way to that one (``_medial_lung``). Without
+    ``image``, a largest component that lies lateral to and beside another lung-sized one
+    of its side and is darker than it gives way to that one (``_medial_lung``). Without
     a body (None), every component counts as inside and the midline is the image's centre.
     ``sides`` is a uint8 (W, H) map: 0 removed or background, ``RIGHT`` the lung kept on
     the image's left (the patient's right), ``LEFT`` the one on the image's right;

@@ -163,7 +163,12 @@ class TrainingRun:
         if isinstance(saved, dict) and set(saved) == {"model"}:  # {"model": state}, as MONAI's loader accepts
             saved = saved["model"]
         got = {k: tuple(v.shape) for k, v in saved.items() if isinstance(v, torch.Tensor)} if isinstance(saved, dict) else {}
-        expected = {k: tuple(v.shape) for k, v in self.network.state_dict().items()}
+        # ignite's Checkpoint and MONAI's CheckpointLoader both unwrap DistributedDataParallel
+        # (torchrun training) and DataParallel: the weights are the inner module's.
+        network = self.network
+        if isinstance(network, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)):
+            network = network.module
+        expected = {k: tuple(v.shape) for k, v in network.state_dict().items()}
         if got != expected:
             wrong = sorted(k for k in expected if k in got and got[k] != expected[k])
             detail = (f"{wrong[0]} has shape {got[wrong[0]]}, the network needs {expected[wrong[0]]}" if wrong else
