@@ -36,6 +36,17 @@ def test_summary_counts_and_quality_flag_figures() -> None:
     assert "qc" not in summarise(_rows([0.9]))
 
 
+def test_summary_of_outline_offsets_per_region() -> None:
+    rows = _rows([0.95, 0.94, 0.93])
+    for row, medial in zip(rows, ["2.5", "1.5", "-1.0"]):
+        row.update(offset_medial_px=medial, offset_lateral_px="-1.0", offset_apex_px="nan", offset_base_px="0.5")
+    o = summarise(rows)["boundary_offset_px"]
+    assert o["medial"] == {"mean": pytest.approx(1.0), "cases_outside": 2, "cases": 3}
+    assert o["lateral"]["cases_outside"] == 0 and o["base"]["cases_outside"] == 3
+    assert o["apex"] == {"mean": None, "cases_outside": 0, "cases": 0}  # no outline there: left out, not zero
+    assert "boundary_offset_px" not in summarise(_rows([0.9]))
+
+
 def test_models_are_parsed_and_missing_checkpoints_refused(tmp_path: Path) -> None:
     m = Model.parse("a=runs/x:y/model.pt:montgomery+jsrt")
     assert m == Model("a", Path("runs/x:y/model.pt"), ("montgomery", "jsrt"))
@@ -64,3 +75,8 @@ def test_report_on_two_small_sites(tmp_path: Path, data_dir: Path) -> None:
         assert (tmp_path / "out" / name).is_file()
     table = (tmp_path / "out" / "cross_site.md").read_text()
     assert "| shipped | montgomery | jsrt (every case, unseen site) | 2 |" in table
+    offsets = by_site["montgomery"]["summary"]["boundary_offset_px"]
+    assert offsets["medial"]["cases"] == 2 and abs(offsets["medial"]["mean"]) < 5  # a good model: within a few px
+    assert "| shipped | jsrt (every case, unseen site) | " in table.split("Where the outlines differ")[1]
+    assert set(report["one_pixel_offset_dice_cost"]) == {"montgomery", "jsrt"}
+    assert all(0.005 < c < 0.03 for c in report["one_pixel_offset_dice_cost"].values())  # lungs at 512 px: ~0.01

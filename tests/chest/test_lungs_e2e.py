@@ -140,6 +140,9 @@ def test_evaluation_writes_metrics_collage_and_curves(workspace: dict[str, Path]
     assert len(rows) == len(test_cases) and "dice_lung" in rows[0] and "hd95_lung" in rows[0]
     # The quality row of each case beside its scores (evaluate.yaml: extra_key qc).
     assert all(r["qc_flag"] in ("true", "false") and 0 < float(r["qc_score"]) <= 1 for r in rows)
+    # The outline's signed offset per region (evaluate.yaml: case_measures), in each row and averaged.
+    assert all(f"offset_{region}_px" in rows[0] for region in ("medial", "lateral", "apex", "base"))
+    assert set(metrics["case_measures"]) == {"offset_medial_px", "offset_lateral_px", "offset_apex_px", "offset_base_px"}
     for picture in ("collage.png", "training_curves.png"):
         assert Image.open(out / picture).size[0] > 200
 

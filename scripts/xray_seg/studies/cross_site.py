@@ -17,7 +17,10 @@ loso_montgomery --init_weights runs/cxr_lungs/loso_montgomery_s1/model.pt
 --learning_rate 0.0003`` (and ``jsrt``). Per model and site: mean, median and minimum
 Dice, HD95, cases below 0.90 and 0.85, and how well the quality flag finds the bad
 masks (of the masks below 0.85 Dice, the share flagged; of those above 0.95, the
-share flagged; AUROC of ``1 - qc_score`` for masks below 0.85 and below 0.90). Writes
+share flagged; AUROC of ``1 - qc_score`` for masks below 0.85 and below 0.90), and where
+the outlines differ: the mean signed offset of the predicted outline from the truth's
+per region (medial, lateral, apex, base; ``xray_seg.chest.boundary_offsets``), which
+shows a site's drawing protocol apart from failures. Writes
 ``cross_site.json``, ``cross_site.md``, ``worst_<model>_on_<site>.png`` (the worst
 cases, truth in blue, prediction in red) and each evaluation's own report folder.
 """
@@ -26,12 +29,14 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import shutil
 import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from xray_seg.chest.boundary_offsets import REGIONS, dice_cost
 from xray_seg.shared.errors import UserError
 from xray_seg.shared.paths import BUNDLES, DATA, MANIFESTS, RUNS
 
@@ -92,6 +97,17 @@ def _auroc(bad: list[bool], risk: list[float]) -> float | None:
     return float(compute_roc_auc(torch.tensor(risk, dtype=torch.float64), torch.tensor(bad, dtype=torch.float64)))
 
 
+def _offsets(rows: list[dict]) -> dict:
+    """Per region: mean signed outline offset (px at 512 rows) and the share of cases drawn outside the truth."""
+    out = {}
+    for region in REGIONS:
+        values = [float(r[f"offset_{region}_px"]) for r in rows]
+        values = [v for v in values if math.isfinite(v)]
+        out[region] = {"mean": statistics.fmean(values) if values else None,
+                       "cases_outside": sum(v > 0 for v in values), "cases": len(values)}  # fmt: skip
+    return out
+
+
 def summarise(rows: list[dict]) -> dict:
     """Dice, HD95 and quality-flag figures of one evaluation's per-case rows."""
     dice = [float(r["dice_lung"]) for r in rows]
@@ -107,6 +123,8 @@ def summarise(rows: list[dict]) -> dict:
         "below_0.85": sum(d < BAD for d in dice),
         "worst": sorted(((float(r["dice_lung"]), r["case"]) for r in rows))[:3],
     }
+    if rows and "offset_medial_px" in rows[0]:
+        summary["boundary_offset_px"] = _offsets(rows)
     if rows and "qc_score" in rows[0]:
         flagged = [str(r["qc_flag"]).lower() == "true" for r in rows]
         risk = [1.0 - float(r["qc_score"]) for r in rows]
@@ -122,6 +140,20 @@ def summarise(rows: list[dict]) -> dict:
             "auroc_below_0.90": _auroc([d < 0.90 for d in dice], risk),
         }
     return summary
+
+
+def _one_pixel_cost(site: str, data_dir: Path, manifest: Path) -> float:
+    """Mean Dice lost on ``site``'s test-split truths by an outline 1 px (at 512 rows) further out."""
+    import numpy as np
+    from PIL import Image
+
+    from xray_seg.shared.splits import load_split
+
+    costs = []
+    for case in load_split(manifest, data_dir, "testing", None, [site]):
+        labels = case["label"] if isinstance(case["label"], list) else [case["label"]]
+        costs.append(dice_cost(np.logical_or.reduce([np.asarray(Image.open(p)) > 0 for p in labels])))
+    return statistics.fmean(costs)
 
 
 def _share(part: int, whole: int) -> str:
@@ -177,6 +209,25 @@ def _markdown(report: dict) -> str:
                 f"{_share(pooled['good_flagged'], pooled['good_cases'])}, AUROC (< 0.85) "
                 f"{fmt(pooled['auroc_below_0.85'], 3)}, AUROC (< 0.90) {fmt(pooled['auroc_below_0.90'], 3)}.",
             ]
+    if any("boundary_offset_px" in e["summary"] for e in report["evaluations"]):
+        lines += [
+            "",
+            "Where the outlines differ: mean signed offset of the predicted lung outline from the truth's, in "
+            "pixels at 512 rows (+ outside the truth), per region (`xray_seg.chest.boundary_offsets`), with the "
+            "share of cases drawn outside. A site's drawing protocol shows as the same sign on most cases. "
+            "For scale, an outline 1 px further out all round costs "
+            + ", ".join(f"{cost:.4f} Dice on {site}" for site, cost in report.get("one_pixel_offset_dice_cost", {}).items())
+            + " (test-split truths).",
+            "",
+            "| model | tested on | " + " | ".join(REGIONS) + " |",
+            "|---|---|" + "---|" * len(REGIONS),
+        ]
+        for e in report["evaluations"]:
+            o = e["summary"].get("boundary_offset_px")
+            if o:
+                cells = [f"{'n/a' if o[r]['mean'] is None else format(o[r]['mean'], '+.2f')} "
+                         f"({o[r]['cases_outside']}/{o[r]['cases']} out)" for r in REGIONS]
+                lines.append(f"| {e['model']} | {e['site']} ({e['which']}) | " + " | ".join(cells) + " |")
     lines += ["", "Worst cases: " + ", ".join(f"`{e['worst_collage']}`" for e in report["evaluations"]), ""]
     return "\n".join(lines)
 
@@ -224,6 +275,7 @@ def cross_site_report(models: list[Model], output_dir: Path, data_dir: Path = DA
         "manifest": str(manifest),
         "evaluations": evaluations,
     }
+    report["one_pixel_offset_dice_cost"] = {site: _one_pixel_cost(site, data_dir, manifest) for site in sites}
     if pooled_rows:
         report["qc_leave_one_site_out"] = summarise(pooled_rows).get("qc")
     write_text(output_dir / "cross_site.json", json.dumps(report, indent=2) + "\n")
