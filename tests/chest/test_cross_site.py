@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from xray_seg.shared.errors import UserError
-from xray_seg.studies.cross_site import Model, cross_site_report, summarise
+from xray_seg.studies.cross_site import Model, _one_pixel_cost, cross_site_report, summarise
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -80,3 +80,12 @@ def test_report_on_two_small_sites(tmp_path: Path, data_dir: Path) -> None:
     assert "| shipped | jsrt (every case, unseen site) | " in table.split("Where the outlines differ")[1]
     assert set(report["one_pixel_offset_dice_cost"]) == {"montgomery", "jsrt"}
     assert all(0.005 < c < 0.03 for c in report["one_pixel_offset_dice_cost"].values())  # lungs at 512 px: ~0.01
+
+
+def test_one_pixel_cost_per_site_and_none_without_test_cases(tmp_path: Path, data_dir: Path) -> None:
+    full = json.loads((REPO / "data_manifests" / "cxr_lungs_sites.json").read_text())
+    montgomery = [i for i in full["testing"] if i["site"] == "montgomery"][:2]
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps(dict(full, testing=montgomery)))
+    assert 0.005 < _one_pixel_cost("montgomery", data_dir, manifest) < 0.03
+    assert _one_pixel_cost("jsrt", data_dir, manifest) is None  # no JSRT test case in this manifest

@@ -142,8 +142,9 @@ def summarise(rows: list[dict]) -> dict:
     return summary
 
 
-def _one_pixel_cost(site: str, data_dir: Path, manifest: Path) -> float:
-    """Mean Dice lost on ``site``'s test-split truths by an outline 1 px (at 512 rows) further out."""
+def _one_pixel_cost(site: str, data_dir: Path, manifest: Path) -> float | None:
+    """Mean Dice lost on ``site``'s test-split truths by an outline 1 px (at 512 rows) further out
+    (None when the site has no test cases)."""
     import numpy as np
     from PIL import Image
 
@@ -152,8 +153,8 @@ def _one_pixel_cost(site: str, data_dir: Path, manifest: Path) -> float:
     costs = []
     for case in load_split(manifest, data_dir, "testing", None, [site]):
         labels = case["label"] if isinstance(case["label"], list) else [case["label"]]
-        costs.append(dice_cost(np.logical_or.reduce([np.asarray(Image.open(p)) > 0 for p in labels])))
-    return statistics.fmean(costs)
+        costs.append(dice_cost(np.logical_or.reduce([np.asarray(Image.open(p).convert("L")) > 0 for p in labels])))
+    return statistics.fmean(costs) if costs else None
 
 
 def _share(part: int, whole: int) -> str:
@@ -216,7 +217,7 @@ def _markdown(report: dict) -> str:
             "pixels at 512 rows (+ outside the truth), per region (`xray_seg.chest.boundary_offsets`), with the "
             "share of cases drawn outside. A site's drawing protocol shows as the same sign on most cases. "
             "For scale, an outline 1 px further out all round costs "
-            + ", ".join(f"{cost:.4f} Dice on {site}" for site, cost in report.get("one_pixel_offset_dice_cost", {}).items())
+            + ", ".join(f"{fmt(cost)} Dice on {site}" for site, cost in report.get("one_pixel_offset_dice_cost", {}).items())
             + " (test-split truths).",
             "",
             "| model | tested on | " + " | ".join(REGIONS) + " |",
