@@ -148,10 +148,14 @@ def _one_pixel_cost(site: str, data_dir: Path, manifest: Path) -> float | None:
     import numpy as np
     from PIL import Image
 
-    from xray_seg.shared.splits import load_split
+    from xray_seg.shared.splits import EmptySplitError, load_split
 
+    try:
+        cases = load_split(manifest, data_dir, "testing", None, [site])
+    except EmptySplitError:
+        return None
     costs = []
-    for case in load_split(manifest, data_dir, "testing", None, [site]):
+    for case in cases:
         labels = case["label"] if isinstance(case["label"], list) else [case["label"]]
         costs.append(dice_cost(np.logical_or.reduce([np.asarray(Image.open(p).convert("L")) > 0 for p in labels])))
     return statistics.fmean(costs) if costs else None
