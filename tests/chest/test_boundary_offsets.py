@@ -39,12 +39,18 @@ def test_each_region_reports_its_own_edge_in_512_row_pixels(rows: int) -> None:
     assert abs(ends["medial"]) <= 0.5 and abs(ends["lateral"]) <= 0.5
 
 
-def test_empty_masks_give_nan_and_one_hot_input_is_read_as_lung() -> None:
+def test_empty_masks_give_nan() -> None:
     assert all(math.isnan(v) for v in signed_offsets(np.zeros((64, 64)), _lungs(64)).values())
-    one_hot = lambda m: np.stack([~m, m]).astype(np.float32)  # noqa: E731
-    out = lung_offsets(one_hot(_lungs(medial=4)), one_hot(_lungs()))
+
+
+def test_report_masks_are_read_in_monai_pil_layout() -> None:
+    """The evaluation hands one-hot (C, W, H) masks, columns first (LoadImaged with PILReader)."""
+    one_hot_pil = lambda m: np.stack([~m.T, m.T]).astype(np.float32)  # noqa: E731  (rows, cols) -> (C, W, H)
+    out = lung_offsets(one_hot_pil(_lungs(medial=4)), one_hot_pil(_lungs()))
     assert set(out) == {"offset_medial_px", "offset_lateral_px", "offset_apex_px", "offset_base_px"}
-    assert out["offset_medial_px"] == pytest.approx(4, abs=1.0)
+    assert out["offset_medial_px"] == pytest.approx(4, abs=1.0) and abs(out["offset_lateral_px"]) <= 0.5
+    lower = lung_offsets(one_hot_pil(_lungs(bottom=6)), one_hot_pil(_lungs()))  # bases drawn 6 px lower
+    assert lower["offset_base_px"] > 2 and abs(lower["offset_apex_px"]) <= 0.5
 
 
 def test_dice_cost_of_a_one_pixel_wider_outline() -> None:

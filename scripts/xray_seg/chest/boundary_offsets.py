@@ -66,8 +66,12 @@ def signed_offsets(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
 
 
 def lung_offsets(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    """``SegmentationReport`` case measure: one-hot (C, H, W) masks in, ``offset_<region>_px`` out."""
-    lungs = lambda onehot: onehot.argmax(0) > 0  # noqa: E731  every non-background channel is lung
+    """``SegmentationReport`` case measure: one-hot (C, W, H) masks in, ``offset_<region>_px`` out.
+
+    The masks come in MONAI's PIL layout (axis 1 = image columns, as loaded by
+    ``LoadImaged``); they are turned to (rows, columns) before the regions are told apart.
+    """
+    lungs = lambda onehot: onehot.argmax(0).T > 0  # noqa: E731  every non-background channel is lung
     return {f"offset_{k}_px": v for k, v in signed_offsets(lungs(pred), lungs(truth)).items()}
 
 
