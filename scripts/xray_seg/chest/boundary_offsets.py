@@ -31,7 +31,8 @@ END_FRACTION = 0.2  # apex and base: this share of the truth's lung height at ea
 def signed_offsets(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     """Mean signed offset (px at 512 rows; + outside the truth) of ``pred``'s outline per region.
 
-    ``pred`` and ``truth`` are 2D boolean lung masks (both lungs, any value > 0).
+    ``pred`` and ``truth`` are 2D lung masks (both lungs, any value > 0) as (rows, columns),
+    the way PIL and numpy read an image; ``lung_offsets`` turns MONAI's layout into this.
     A region with no predicted outline in it, or an empty mask, gives NaN.
     """
     pred, truth = np.asarray(pred) > 0, np.asarray(truth) > 0
